@@ -1,0 +1,54 @@
+"""The ``lorawf`` command line: parse arguments, call the library, print. Nothing else lives here.
+
+Heavy modules (httpx, websockets, the client) are imported inside the commands that need them, so
+``lorawf --help`` and ``lorawf plan`` start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from lorawf import __version__
+from lorawf.errors import EXIT_CANCELLED, LorawfError, exit_code_for
+
+
+class LorawfGroup(click.Group):
+    """A click group that turns every :class:`LorawfError` into one line on stderr and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LorawfError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(exit_code_for(err))
+        except KeyboardInterrupt:
+            click.echo("cancelled", err=True)
+            sys.exit(EXIT_CANCELLED)
+
+
+@click.group(cls=LorawfGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lorawf")
+def main() -> None:
+    """Plan, patch, submit and watch ComfyUI FluxTrainer LoRA training runs.
+
+    \b
+    Exit codes: 0 ok, 1 the job failed (run failed, drift, validation problems), 2 usage,
+    3 bad input, 4 server rejected the workflow, 5 server unreachable or protocol failure,
+    130 cancelled.
+    """
+
+
+def _register_commands() -> None:
+    # Imported here (not at the top) only to keep the registration in one visible place;
+    # these modules import nothing heavy at module level.
+    from lorawf import cli_offline, cli_preflight, cli_server
+
+    for module in (cli_offline, cli_preflight, cli_server):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register_commands()
