@@ -1,0 +1,96 @@
+"""How to reach a ComfyUI server: URL, extra headers, bearer token and TLS settings.
+
+Secrets (token, header values) are kept here and only here; :meth:`ServerSettings.redacted_url` and
+``repr`` never show them, so they cannot leak into output, logs, ``--json`` events or run records.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+from lorawf.errors import UsageError
+
+DEFAULT_SERVER = "http://127.0.0.1:8188"
+ENV_SERVER = "LORAWF_SERVER"
+ENV_TOKEN = "LORAWF_TOKEN"
+
+
+def parse_header(raw: str) -> tuple[str, str]:
+    """Parse ``'Name: value'`` from ``--header``; a malformed one is a usage error (value never echoed)."""
+    name, sep, value = raw.partition(":")
+    name = name.strip()
+    if not sep or not name or any(c.isspace() for c in name):
+        raise UsageError(f"--header {name or '?'!r}: expected 'Name: value'")
+    return name, value.strip()
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Connection settings for one ComfyUI server. ``repr`` hides secrets."""
+
+    url: str = DEFAULT_SERVER
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    token: str | None = field(default=None, repr=False)
+    ca_bundle: str | None = None
+    insecure: bool = False
+
+    @classmethod
+    def resolve(
+        cls,
+        server: str | None = None,
+        headers: Iterable[str] = (),
+        ca_bundle: str | None = None,
+        insecure: bool = False,
+        environ: Mapping[str, str] | None = None,
+    ) -> ServerSettings:
+        """Server from ``--server``, else ``LORAWF_SERVER``, else the local default; token from ``LORAWF_TOKEN``."""
+        env = os.environ if environ is None else environ
+        url = (server or env.get(ENV_SERVER) or DEFAULT_SERVER).strip().rstrip("/")
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"--server {cls._redact(url)!r}: expected http://HOST:PORT or https://HOST[:PORT]")
+        parsed_headers = dict(parse_header(h) for h in headers)
+        token = env.get(ENV_TOKEN) or None
+        return cls(urlunsplit(parts), parsed_headers, token, ca_bundle, insecure)
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rstrip("/")
+
+    @property
+    def ws_url(self) -> str:
+        """``ws://`` or ``wss://`` URL of the server root, following the HTTP scheme."""
+        parts = urlsplit(self.base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return urlunsplit((scheme, parts.netloc, parts.path, "", ""))
+
+    def request_headers(self) -> dict[str, str]:
+        """Headers for every HTTP request and the websocket handshake (contains secrets: never print)."""
+        out = dict(self.headers)
+        if self.token and not any(k.lower() == "authorization" for k in out):
+            out["Authorization"] = f"Bearer {self.token}"
+        return out
+
+    def secret_values(self) -> list[str]:
+        """Every secret string, so output paths can scrub them defensively."""
+        values = [v for v in self.headers.values() if v]
+        if self.token:
+            values.append(self.token)
+        return values
+
+    @staticmethod
+    def _redact(url: str) -> str:
+        parts = urlsplit(url)
+        if parts.username or parts.password:
+            host = parts.hostname or ""
+            netloc = f"{host}:{parts.port}" if parts.port else host
+            parts = parts._replace(netloc=netloc)
+        return urlunsplit(parts._replace(query="", fragment=""))
+
+    @property
+    def redacted_url(self) -> str:
+        """The URL without user:password or query string: safe to print and to store in run records."""
+        return self._redact(self.base_url)
