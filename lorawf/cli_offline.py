@@ -2,6 +2,183 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import click
 
+from lorawf.errors import DriftFound, UsageError
+from lorawf.plan import PlanOverrides, TrainingPlan, format_plan
+
 COMMANDS: list[click.Command] = []
+
+F = Callable[..., Any]
+
+
+def plan_options(func: F) -> F:
+    """The planning overrides shared by plan, patch and run."""
+    for decorator in reversed([
+        click.option("--images", type=int, help="Image count, when the dataset exists only on the GPU host."),
+        click.option("--dim", "network_dim", type=int, help="LoRA rank (network_dim); default 16."),
+        click.option("--alpha", "network_alpha", type=float, help="network_alpha; default = dim."),
+        click.option("--lr", "learning_rate", type=float, help="Learning rate; default 1e-4."),
+        click.option("--steps", "max_train_steps", type=int, help="Total steps, replacing images x 40."),
+        click.option("--steps-per-image", type=float, help="Steps per image (default 40), clamped to 500..3500."),
+        click.option("--interval", "checkpoint_interval", type=int, help="Checkpoint every N steps."),
+        click.option("--batch", "batch_size", type=int, help="Batch size; default 2."),
+        click.option("--repeats", "num_repeats", type=int, help="num_repeats; default 1."),
+    ]):
+        func = decorator(func)
+    return func
+
+
+def overrides_from(kwargs: dict[str, Any]) -> PlanOverrides:
+    """Pop the planning options out of click's kwargs."""
+    names = ("network_dim", "network_alpha", "learning_rate", "max_train_steps", "steps_per_image",
+             "checkpoint_interval", "batch_size", "num_repeats")
+    return PlanOverrides(**{n: kwargs.pop(n) for n in names})
+
+
+def resolve_images(dataset: Path | None, images: int | None) -> tuple[int, str | None]:
+    """Image count and a one-line dataset summary: ``--images`` stands in, else the folder is scanned."""
+    if images is not None:
+        return images, None
+    if dataset is None:
+        raise UsageError("give a DATASET folder or --images N")
+    from lorawf.dataset import scan_dataset
+
+    scan = scan_dataset(dataset)
+    return scan.image_count, scan.summary()
+
+
+@click.command("plan")
+@click.argument("dataset", required=False, type=click.Path(path_type=Path))
+@plan_options
+@click.option("--json", "as_json", is_flag=True, help="Print one machine-readable JSON object.")
+def plan_command(dataset: Path | None, images: int | None, as_json: bool, **kwargs: Any) -> None:
+    """Plan hyperparameters for a DATASET folder (or --images N)."""
+    from lorawf.plan import plan_training
+
+    count, summary = resolve_images(dataset, images)
+    plan = plan_training(count, overrides_from(kwargs))
+    if as_json:
+        click.echo(json.dumps(plan.to_dict(), indent=2))
+        return
+    if summary:
+        click.echo(summary)
+    click.echo(format_plan(plan))
+
+
+COMMANDS.append(plan_command)
+
+
+def _echo_plan_summary(plan: TrainingPlan) -> None:
+    click.echo(
+        f"plan: {plan.images} images -> {plan.max_train_steps} steps ({plan.steps_per_image:.1f}/image), "
+        f"checkpoints at {', '.join(map(str, plan.checkpoint_steps))}",
+        err=True,
+    )
+    for advice in plan.advice:
+        if advice.severity != "info":
+            click.echo(f"{'WARNING' if advice.severity == 'strong' else 'warning'}: {advice.message}", err=True)
+
+
+@click.command("patch")
+@click.argument("dataset", required=False, type=click.Path(path_type=Path))
+@click.option("--token", required=True, help="Trigger token that replaces STYLE_TOKEN (class_tokens, prompts).")
+@plan_options
+@click.option("--template", type=click.Path(path_type=Path), help="API-format template (default: bundled).")
+@click.option("--server-dataset-path", help="Dataset folder on the GPU host (default: DATASET's absolute path).")
+@click.option("--server-output-dir", help="Folder on the GPU host for checkpoints (InitFluxLoRATraining.output_dir).")
+@click.option("--output-name", help="LoRA file-name stem (default: from the template, with the token).")
+@click.option("--set", "sets", multiple=True, metavar="NODE.input=VALUE",
+              help="Set any other input by node id or class_type, typed from the node schema. Repeatable.")
+@click.option("--emit-patch", type=click.Path(path_type=Path), help="Write the RFC 6902 JSON Patch applied.")
+@click.option("-o", "--output", default="-", show_default=True, help="Output file, or - for stdout.")
+def patch_command(
+    dataset: Path | None, token: str, images: int | None, template: Path | None,
+    server_dataset_path: str | None, server_output_dir: str | None, output_name: str | None,
+    sets: tuple[str, ...], emit_patch: Path | None, output: str, **kwargs: Any,
+) -> None:
+    """Write a patched training workflow for DATASET (or --images N)."""
+    from lorawf.build import build_workflow
+    from lorawf.fsutil import atomic_write_text
+    from lorawf.patch import PatchOptions
+
+    count, summary = resolve_images(dataset, images)
+    if server_dataset_path is None and dataset is not None:
+        server_dataset_path = str(dataset.resolve()) if images is None else str(dataset)
+    options = PatchOptions(token, server_dataset_path, server_output_dir, output_name, sets)
+    built = build_workflow(count, options, overrides_from(kwargs), template)
+    if summary:
+        click.echo(summary, err=True)
+    _echo_plan_summary(built.plan)
+    if emit_patch is not None:
+        atomic_write_text(emit_patch, json.dumps(built.patch.operations, indent=2, ensure_ascii=False) + "\n")
+    if output == "-":
+        click.echo(built.text, nl=False)
+    else:
+        atomic_write_text(Path(output), built.text)
+        click.echo(f"wrote {output}", err=True)
+
+
+COMMANDS.append(patch_command)
+
+
+@click.command("regen")
+@click.option("--presets", type=click.Path(path_type=Path), default=Path("workflows/presets.toml"),
+              show_default=True, help="TOML file listing the workflow variants to generate.")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 naming every file that is out of date.")
+def regen_command(presets: Path, check: bool) -> None:
+    """Regenerate committed workflow files from a presets file (CI: --check fails on drift)."""
+    from lorawf.build import build_workflow
+    from lorawf.fsutil import atomic_write_text
+    from lorawf.patch import PatchOptions
+    from lorawf.regen import load_presets, short_diff
+
+    drifted: list[str] = []
+    for preset in load_presets(presets):
+        v = dict(preset.values)
+        overrides = PlanOverrides(
+            network_dim=v.get("dim"), network_alpha=v.get("alpha"), learning_rate=v.get("lr"),
+            max_train_steps=v.get("steps"), steps_per_image=v.get("steps_per_image"),
+            checkpoint_interval=v.get("interval"), batch_size=v.get("batch"), num_repeats=v.get("repeats"),
+        )
+        options = PatchOptions(
+            str(v["token"]), v.get("server_dataset_path"), v.get("server_output_dir"), v.get("output_name"),
+            tuple(v.get("set", ())),
+        )
+        try:
+            built = build_workflow(int(v["images"]), options, overrides, preset.template)
+        except Exception as exc:  # re-raise with the preset's name so CI logs say which one broke
+            from lorawf.errors import LorawfError
+
+            if isinstance(exc, LorawfError):
+                exc.message = f"{presets}: preset {preset.name}: {exc.message}"
+            raise
+        new = built.text
+        try:
+            old: str | None = preset.output.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            old = None
+        if old == new:
+            if not check:
+                click.echo(f"unchanged {preset.output}")
+            continue
+        if check:
+            drifted.append(str(preset.output))
+            click.echo(f"out of date: {preset.output} (preset {preset.name})" if old is not None
+                       else f"missing: {preset.output} (preset {preset.name})")
+            if old is not None:
+                click.echo(short_diff(old, new, preset.output))
+            continue
+        preset.output.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(preset.output, new)
+        click.echo(f"wrote {preset.output}")
+    if drifted:
+        raise DriftFound(f"{len(drifted)} workflow file(s) out of date; run `lorawf regen --presets {presets}`")
+
+
+COMMANDS.append(regen_command)

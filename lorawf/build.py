@@ -1,0 +1,46 @@
+"""Glue between files and the pure planner/patcher: read a template, plan, patch, serialize."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorawf.patch import PatchOptions, PatchResult, patch_workflow
+from lorawf.plan import PlanOverrides, TrainingPlan, plan_training
+from lorawf.schema import SchemaSet, bundled_schemas
+from lorawf.templates import bundled_template_path
+from lorawf.workflow_io import as_api_workflow, dumps_workflow, read_json
+
+
+@dataclass(frozen=True)
+class BuiltWorkflow:
+    """A planned and patched workflow, ready to write or submit."""
+
+    plan: TrainingPlan
+    patch: PatchResult
+    template_path: Path
+
+    @property
+    def text(self) -> str:
+        """The deterministic serialization (same inputs, same bytes)."""
+        return dumps_workflow(self.patch.workflow)
+
+
+def load_template(path: Path | None = None) -> tuple[Path, dict[str, object]]:
+    """Read an API-format template (the bundled one by default)."""
+    template_path = path or bundled_template_path()
+    return template_path, as_api_workflow(read_json(template_path), str(template_path))
+
+
+def build_workflow(
+    images: int,
+    options: PatchOptions,
+    overrides: PlanOverrides | None = None,
+    template_path: Path | None = None,
+    schemas: SchemaSet | None = None,
+) -> BuiltWorkflow:
+    """Plan for ``images`` and patch the template with the plan and ``options``."""
+    plan = plan_training(images, overrides)
+    path, template = load_template(template_path)
+    result = patch_workflow(template, plan, options, schemas or bundled_schemas())
+    return BuiltWorkflow(plan, result, path)

@@ -1,0 +1,585 @@
+"""The patcher: write a plan and a trigger token into an API-format FluxTrainer workflow. Pure: no I/O.
+
+Nodes are found by role (class_type, links and input names), never by hard-coded id, so a template exported
+again with other ids still works. Every change is expressed as an RFC 6902 JSON Patch against the template
+and applied with jsonpatch, so ``--emit-patch`` shows a reviewer exactly what changed.
+
+Exact step counts: FluxTrainer has no save-every-K input and its loops train the sum of their ``steps``. The
+patcher therefore rebuilds the training chain as one block per checkpoint, ``FluxTrainLoop(K) -> FluxTrainSave
+-> FluxTrainValidate`` (plus the block's side nodes: checkpoint-path preview, validation-image saver), the last
+block getting the remainder, so the loops add up to exactly ``max_train_steps`` and a checkpoint lands on every
+multiple of K and on the final step. The first block of the template is the prototype for all blocks.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import unicodedata
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonpatch
+
+from lorawf.errors import OverrideError, TemplateError, TokenError
+from lorawf.plan import TrainingPlan
+from lorawf.schema import InputSpec, NodeSchema, SchemaSet
+
+PLACEHOLDER = "STYLE_TOKEN"
+MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft", ".gguf")
+TRAINER_TYPE = "NETWORKTRAINER"
+LOOP = "FluxTrainLoop"
+SAVE = "FluxTrainSave"
+VALIDATE = "FluxTrainValidate"
+END = "FluxTrainEnd"
+INIT = "InitFluxLoRATraining"
+BLOCK_SLOTS = 10  # ids per generated block: base + 10 * block + slot
+
+# Inputs the plan owns: ``--set`` on them would desynchronise the plan from the chain, so it names the option.
+PLANNED_INPUTS: dict[tuple[str, str], str] = {
+    (INIT, "max_train_steps"): "--steps or --steps-per-image",
+    (LOOP, "steps"): "--steps and --interval",
+    (INIT, "learning_rate"): "--lr",
+    (INIT, "network_dim"): "--dim",
+    (INIT, "network_alpha"): "--alpha",
+    (INIT, "output_name"): "--output-name",
+    (INIT, "output_dir"): "--server-output-dir",
+    (INIT, "sample_prompts"): "the prompts node",
+    ("TrainDatasetAdd", "batch_size"): "--batch",
+    ("TrainDatasetAdd", "num_repeats"): "--repeats",
+    ("TrainDatasetAdd", "class_tokens"): "--token",
+    ("TrainDatasetAdd", "dataset_path"): "--server-dataset-path",
+}
+
+Workflow = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PatchOptions:
+    """What to write besides the plan: the trigger token, server paths and free-form ``--set`` values."""
+
+    token: str
+    dataset_path: str | None = None
+    output_dir: str | None = None
+    output_name: str | None = None
+    sets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Block:
+    """One checkpoint block of the training chain: its trainer-chain nodes and their side nodes."""
+
+    chain: tuple[str, ...]  # FluxTrainLoop first, then Save / Validate ... in chain order
+    side: tuple[str, ...]  # nodes hanging off the chain nodes (path previews, image savers)
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return self.chain + self.side
+
+
+@dataclass(frozen=True)
+class Roles:
+    """Where each role sits in a workflow (node ids)."""
+
+    init: str
+    model_select: str | None
+    general_config: str | None
+    dataset_adds: tuple[str, ...]
+    optimizer: str | None
+    prompts: tuple[str, str]  # (node id, input name) holding the '|'-separated validation prompts
+    prefix: tuple[str, ...]  # chain nodes between Init and the first loop
+    blocks: tuple[Block, ...]
+    end: str
+
+
+@dataclass(frozen=True)
+class PatchResult:
+    """The patched workflow and the JSON Patch that turns the template into it."""
+
+    workflow: Workflow
+    operations: list[dict[str, Any]] = field(default_factory=list)
+    roles: Roles | None = None
+
+
+# --------------------------------------------------------------------------- token
+
+
+def validate_token(token: str) -> str:
+    """Return the trigger token if it can be substituted safely, else raise :class:`TokenError`."""
+    if not isinstance(token, str) or not token.strip():
+        raise TokenError("--token is empty: give the trigger word for the style, e.g. --token mystyle")
+    if token != token.strip():
+        raise TokenError(f"--token {token!r} has leading or trailing whitespace; remove it")
+    if "|" in token:
+        raise TokenError(f"--token {token!r} contains '|', which separates validation prompts")
+    if " --" in token:
+        raise TokenError(f"--token {token!r} contains ' --', which kohya reads as a prompt option")
+    for ch in token:
+        if ch in "\r\n\t" or unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            raise TokenError(f"--token {token!r} contains a newline or control character ({ord(ch):#06x})")
+    if PLACEHOLDER in token:
+        raise TokenError(f"--token {token!r} contains the placeholder {PLACEHOLDER} itself")
+    return token
+
+
+# --------------------------------------------------------------------------- graph helpers
+
+
+def _is_link(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], (int, float))
+        and not isinstance(value[1], bool)
+    )
+
+
+def _title(workflow: Workflow, node_id: str) -> str:
+    meta = workflow[node_id].get("_meta")
+    return str(meta.get("title", "")) if isinstance(meta, dict) else ""
+
+
+def _label(workflow: Workflow, node_id: str) -> str:
+    title = _title(workflow, node_id)
+    cls = workflow[node_id].get("class_type", "?")
+    return f'node {node_id} {cls} "{title}"' if title else f"node {node_id} {cls}"
+
+
+def _consumers(workflow: Workflow) -> dict[str, list[tuple[str, str, int]]]:
+    """Map node id -> [(consumer id, consumer input, source slot)] in workflow order."""
+    out: dict[str, list[tuple[str, str, int]]] = {nid: [] for nid in workflow}
+    for nid, node in workflow.items():
+        for name, value in (node.get("inputs") or {}).items():
+            if _is_link(value) and value[0] in out:
+                out[value[0]].append((nid, name, int(value[1])))
+    return out
+
+
+def _schema(schemas: SchemaSet, workflow: Workflow, node_id: str) -> NodeSchema:
+    cls = workflow[node_id].get("class_type")
+    if cls not in schemas:
+        raise TemplateError(f"{_label(workflow, node_id)}: class_type {cls!r} is not in the node schemas")
+    return schemas[cls]
+
+
+def _check_shape(workflow: Any) -> None:
+    if not isinstance(workflow, dict) or not workflow:
+        raise TemplateError("template: expected a non-empty API-format workflow object")
+    for nid, node in workflow.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+            raise TemplateError(f"template: node {nid} has no class_type; is this an API-format workflow?")
+        if not isinstance(node.get("inputs", {}), dict):
+            raise TemplateError(f"template: node {nid} has 'inputs' that is not an object")
+
+
+def _only(workflow: Workflow, class_type: str, role: str) -> str:
+    ids = [nid for nid, n in workflow.items() if n.get("class_type") == class_type]
+    if not ids:
+        raise TemplateError(f"template: no {class_type} node found (role: {role})")
+    if len(ids) > 1:
+        raise TemplateError(f"template: {len(ids)} {class_type} nodes ({', '.join(ids)}) for the single role {role}")
+    return ids[0]
+
+
+def _linked_source(workflow: Workflow, node_id: str, input_name: str) -> str | None:
+    value = (workflow[node_id].get("inputs") or {}).get(input_name)
+    if _is_link(value):
+        if value[0] not in workflow:
+            raise TemplateError(f"{_label(workflow, node_id)}: input {input_name} links to missing node {value[0]}")
+        return str(value[0])
+    return None
+
+
+# --------------------------------------------------------------------------- roles
+
+
+def find_roles(workflow: Workflow, schemas: SchemaSet) -> Roles:
+    """Locate every role the patcher needs; a role with no node, or several where one is expected, is an error."""
+    _check_shape(workflow)
+    init = _only(workflow, INIT, "training initialiser")
+    if _linked_source(workflow, init, "network_config") is not None:
+        raise TemplateError(
+            f"{_label(workflow, init)}: TrainNetworkConfig is wired into network_config; at FluxTrainer 639b3e8 it "
+            "crashes with network_type 'lora' and selects the SD LoRA module. Remove it for Flux LoRA training"
+        )
+    model_select = _linked_source(workflow, init, "flux_models")
+    optimizer = _linked_source(workflow, init, "optimizer_settings")
+
+    # Dataset chain: Init.dataset <- TrainDatasetAdd <- ... <- TrainDatasetGeneralConfig
+    adds: list[str] = []
+    general: str | None = None
+    cursor = _linked_source(workflow, init, "dataset")
+    seen: set[str] = set()
+    while cursor is not None and cursor not in seen:
+        seen.add(cursor)
+        cls = workflow[cursor]["class_type"]
+        if cls == "TrainDatasetAdd":
+            adds.append(cursor)
+            cursor = _linked_source(workflow, cursor, "dataset_config")
+        elif cls == "TrainDatasetGeneralConfig":
+            general = cursor
+            cursor = None
+        else:
+            raise TemplateError(f"{_label(workflow, cursor)}: unexpected node in the dataset chain of Init {init}")
+    if not adds:
+        raise TemplateError(f"template: no TrainDatasetAdd feeds {_label(workflow, init)} (role: dataset)")
+    adds.reverse()
+
+    prompts_source = _linked_source(workflow, init, "sample_prompts")
+    if prompts_source is None:
+        prompts = (init, "sample_prompts")
+    else:
+        string_inputs = [
+            name
+            for name, value in (workflow[prompts_source].get("inputs") or {}).items()
+            if isinstance(value, str) and PLACEHOLDER in value
+        ]
+        if len(string_inputs) != 1:
+            raise TemplateError(
+                f"{_label(workflow, prompts_source)} feeds sample_prompts but has "
+                f"{'no' if not string_inputs else 'several'} text input(s) with the {PLACEHOLDER} placeholder "
+                "(role: validation prompts); patch the template, not an already patched workflow"
+            )
+        prompts = (prompts_source, string_inputs[0])
+
+    # Training chain: follow network_trainer from Init to FluxTrainEnd.
+    consumers = _consumers(workflow)
+    chain: list[str] = []
+    cursor = init
+    while True:
+        nexts = []
+        for cid, _name, slot in consumers[cursor]:
+            cschema = _schema(schemas, workflow, cid)
+            src_schema = _schema(schemas, workflow, cursor)
+            if slot < len(src_schema.output_types) and src_schema.output_types[slot] == TRAINER_TYPE and (
+                TRAINER_TYPE in cschema.output_types or cschema.class_type == END
+            ):
+                nexts.append(cid)
+        if not nexts:
+            break
+        if len(nexts) > 1:
+            raise TemplateError(
+                f"template: the training chain must be linear, but nodes {', '.join(nexts)} all take "
+                f"network_trainer from {_label(workflow, cursor)}; ComfyUI would run them in no guaranteed order"
+            )
+        cursor = nexts[0]
+        if workflow[cursor]["class_type"] == "FluxTrainAndValidateLoop":
+            raise TemplateError(
+                f"{_label(workflow, cursor)}: FluxTrainAndValidateLoop overshoots when the total is not a multiple "
+                "of its interval; lorawf needs a FluxTrainLoop -> FluxTrainSave chain"
+            )
+        chain.append(cursor)
+        if workflow[cursor]["class_type"] == END:
+            break
+    if not chain or workflow[chain[-1]]["class_type"] != END:
+        raise TemplateError(f"template: the training chain from Init {init} does not end in a FluxTrainEnd node")
+    end = chain.pop()
+    loops = [i for i, nid in enumerate(chain) if workflow[nid]["class_type"] == LOOP]
+    if not loops:
+        raise TemplateError("template: no FluxTrainLoop in the training chain (role: training block)")
+    prefix = tuple(chain[: loops[0]])
+    chain_set = set(chain) | {init, end}
+
+    blocks: list[Block] = []
+    for index, start in enumerate(loops):
+        stop = loops[index + 1] if index + 1 < len(loops) else len(chain)
+        members = chain[start:stop]
+        side: list[str] = []
+        frontier = list(members)
+        while frontier:  # every node downstream of the block's chain nodes that is not itself in the chain
+            nid = frontier.pop(0)
+            for cid, _name, _slot in consumers[nid]:
+                if cid not in chain_set and cid not in side:
+                    side.append(cid)
+                    frontier.append(cid)
+        blocks.append(Block(tuple(members), tuple(side)))
+    return Roles(init, model_select, general, tuple(adds), optimizer, prompts, prefix, tuple(blocks), end)
+
+
+# --------------------------------------------------------------------------- writing values
+
+
+def _set(workflow: Workflow, schemas: SchemaSet, node_id: str, name: str, value: Any) -> None:
+    """Write a literal input, refusing inputs the node does not declare (ComfyUI would silently drop them)."""
+    schema = _schema(schemas, workflow, node_id)
+    if name not in schema.inputs:
+        raise TemplateError(
+            f"{_label(workflow, node_id)}: {schema.class_type} does not declare input {name!r}; "
+            "the server would silently ignore it"
+        )
+    workflow[node_id].setdefault("inputs", {})[name] = value
+
+
+def _set_title(workflow: Workflow, node_id: str, title: str) -> None:
+    meta = workflow[node_id].get("_meta")
+    if not isinstance(meta, dict):
+        meta = {}
+        workflow[node_id]["_meta"] = meta
+    meta["title"] = title
+
+
+def _block_title(cls: str, prototype_title: str, start: int, end: int, index: int, count: int) -> str:
+    if cls == LOOP:
+        return f"Train steps {start + 1}-{end} (block {index}/{count})"
+    if cls == SAVE:
+        return f"Save LoRA checkpoint @ step {end}"
+    if cls == VALIDATE:
+        return f"Validation images @ step {end}"
+    base = re.sub(r"\s*@ step \d+$", "", prototype_title) or cls
+    return f"{base} @ step {end}"
+
+
+def _rebuild_chain(workflow: Workflow, roles: Roles, plan: TrainingPlan, output_name: str) -> list[str]:
+    """Replace the template's blocks by one block per checkpoint; returns the new block node ids."""
+    prototype = roles.blocks[0]
+    if len(prototype.nodes) > BLOCK_SLOTS:
+        raise TemplateError(
+            f"template: the first training block has {len(prototype.nodes)} nodes; at most {BLOCK_SLOTS} are supported"
+        )
+    proto_nodes = {nid: copy.deepcopy(workflow[nid]) for nid in prototype.nodes}
+    old = {nid for block in roles.blocks for nid in block.nodes}
+    for nid in old:
+        del workflow[nid]
+    numeric = [int(n) for n in workflow if n.isdigit()]
+    base = 1000 if not numeric or max(numeric) < 1000 else (max(numeric) // 1000 + 1) * 1000
+
+    new_ids: list[str] = []
+    previous = roles.prefix[-1] if roles.prefix else roles.init
+    count = len(plan.checkpoint_steps)
+    start = 0
+    for index, (end_step, steps) in enumerate(zip(plan.checkpoint_steps, plan.loop_steps), start=1):
+        mapping = {old_id: str(base + BLOCK_SLOTS * index + slot) for slot, old_id in enumerate(prototype.nodes)}
+        for old_id in prototype.nodes:
+            node = copy.deepcopy(proto_nodes[old_id])
+            for name, value in (node.get("inputs") or {}).items():
+                if _is_link(value) and value[0] in mapping:
+                    node["inputs"][name] = [mapping[value[0]], value[1]]
+            cls = node["class_type"]
+            if old_id == prototype.chain[0]:
+                node["inputs"]["network_trainer"] = [previous, 0]
+                node["inputs"]["steps"] = steps
+            if cls == "SaveImage" and "filename_prefix" in node.get("inputs", {}):
+                node["inputs"]["filename_prefix"] = f"{output_name}/val_step{end_step:05d}"
+            proto_title = str((node.get("_meta") or {}).get("title", ""))
+            node["_meta"] = {"title": _block_title(cls, proto_title, start, end_step, index, count)}
+            workflow[mapping[old_id]] = node
+            new_ids.append(mapping[old_id])
+        previous = mapping[prototype.chain[-1]]
+        start = end_step
+    workflow[roles.end].setdefault("inputs", {})["network_trainer"] = [previous, 0]
+    return new_ids
+
+
+# --------------------------------------------------------------------------- --set
+
+
+def is_file_list(spec: InputSpec) -> bool:
+    """True for a combo whose values are server model files: they differ per server, so any name is accepted
+    offline and checked by preflight against the live server."""
+    choices = spec.choices or ()
+    return spec.type == "COMBO" and (not choices or all(
+        isinstance(c, str) and c.lower().endswith(MODEL_EXTENSIONS) for c in choices
+    ))
+
+
+def coerce_value(spec: InputSpec, raw: str, where: str) -> Any:
+    """Turn a ``--set`` string into the JSON value the input's schema wants, checking range and choices."""
+    if not spec.is_widget:
+        raise OverrideError(f"{where}: is a link input ({spec.type}); it cannot be set to a value")
+    value: Any
+    if spec.type == "INT":
+        if not re.fullmatch(r"[+-]?\d+", raw.strip()):
+            raise OverrideError(f"{where}={raw!r}: expected a whole number")
+        value = int(raw)
+    elif spec.type == "FLOAT":
+        try:
+            value = float(raw)
+        except ValueError:
+            raise OverrideError(f"{where}={raw!r}: expected a number") from None
+        if not math.isfinite(value):
+            raise OverrideError(f"{where}={raw!r}: expected a finite number")
+    elif spec.type == "BOOLEAN":
+        lowered = raw.strip().lower()
+        if lowered in ("true", "1", "yes", "on"):
+            value = True
+        elif lowered in ("false", "0", "no", "off"):
+            value = False
+        else:
+            raise OverrideError(f"{where}={raw!r}: expected true or false")
+    elif spec.type == "COMBO":
+        if not is_file_list(spec) and raw not in (spec.choices or ()):
+            raise OverrideError(f"{where}={raw!r}: not allowed; {spec.describe_range()}")
+        if not raw:
+            raise OverrideError(f"{where}: a file name is required")
+        value = raw
+    else:
+        value = raw
+    if spec.type in ("INT", "FLOAT"):
+        lo, hi = spec.minimum, spec.maximum
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise OverrideError(f"{where}={raw}: out of range; {spec.describe_range()}")
+    return value
+
+
+def apply_sets(workflow: Workflow, schemas: SchemaSet, sets: Iterable[str]) -> None:
+    """Apply ``NODE_ID.input=VALUE`` / ``ClassType.input=VALUE`` assignments, typed from the node schema."""
+    for assignment in sets:
+        target, eq, raw = assignment.partition("=")
+        node_ref, dot, name = target.rpartition(".")
+        if not eq or not dot or not node_ref or not name:
+            raise OverrideError(f"--set {assignment!r}: expected NODE_ID.input=VALUE or ClassType.input=VALUE")
+        if node_ref in workflow:
+            ids = [node_ref]
+        else:
+            ids = [nid for nid, n in workflow.items() if n.get("class_type") == node_ref]
+            if not ids:
+                raise OverrideError(f"--set {assignment!r}: no node with id or class_type {node_ref!r} in the workflow")
+        for nid in ids:
+            schema = _schema(schemas, workflow, nid)
+            where = f"--set {node_ref}.{name} ({_label(workflow, nid)})"
+            option = PLANNED_INPUTS.get((schema.class_type, name))
+            if option:
+                raise OverrideError(f"{where}: this value is planned; use {option} instead")
+            spec = schema.inputs.get(name)
+            if spec is None:
+                declared = ", ".join(n for n, s in schema.inputs.items() if s.is_widget)
+                raise OverrideError(f"{where}: {schema.class_type} has no input {name!r}; settable: {declared}")
+            workflow[nid].setdefault("inputs", {})[name] = coerce_value(spec, raw, where)
+
+
+# --------------------------------------------------------------------------- diff as JSON Patch
+
+
+def _pointer(*parts: str) -> str:
+    return "".join("/" + p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def diff_workflows(before: Workflow, after: Workflow) -> list[dict[str, Any]]:
+    """An RFC 6902 patch from ``before`` to ``after`` at node and input granularity (readable for review)."""
+    ops: list[dict[str, Any]] = []
+    for nid in before:
+        if nid not in after:
+            ops.append({"op": "remove", "path": _pointer(nid)})
+    for nid, node in after.items():
+        if nid not in before:
+            ops.append({"op": "add", "path": _pointer(nid), "value": copy.deepcopy(node)})
+            continue
+        old = before[nid]
+        if old.get("class_type") != node.get("class_type") or set(old) != set(node):
+            ops.append({"op": "replace", "path": _pointer(nid), "value": copy.deepcopy(node)})
+            continue
+        old_inputs, new_inputs = old.get("inputs", {}), node.get("inputs", {})
+        for name in old_inputs:
+            if name not in new_inputs:
+                ops.append({"op": "remove", "path": _pointer(nid, "inputs", name)})
+        for name, value in new_inputs.items():
+            if name not in old_inputs:
+                ops.append({"op": "add", "path": _pointer(nid, "inputs", name), "value": copy.deepcopy(value)})
+            elif old_inputs[name] != value or type(old_inputs[name]) is not type(value):
+                ops.append({"op": "replace", "path": _pointer(nid, "inputs", name), "value": copy.deepcopy(value)})
+        if old.get("_meta") != node.get("_meta"):
+            ops.append({"op": "replace", "path": _pointer(nid, "_meta"), "value": copy.deepcopy(node.get("_meta"))})
+    return ops
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _substitute(text: str, token: str) -> str:
+    return text.replace(PLACEHOLDER, token)
+
+
+def file_stem(token: str) -> str:
+    """The token made safe for server file names (output_name, image prefixes): [A-Za-z0-9._-] only."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", token).strip("._")
+    return stem or "style"
+
+
+def patch_workflow(
+    template: Workflow, plan: TrainingPlan, options: PatchOptions, schemas: SchemaSet
+) -> PatchResult:
+    """Fill ``plan`` and ``options`` into ``template``; return the patched workflow and the JSON Patch applied."""
+    token = validate_token(options.token)
+    roles = find_roles(template, schemas)
+    target: Workflow = copy.deepcopy(template)
+    init = roles.init
+
+    output_name = options.output_name
+    if output_name is not None:
+        output_name = output_name.strip()
+        if not output_name or "/" in output_name or "\\" in output_name:
+            raise OverrideError(f"--output-name {options.output_name!r}: expected a plain file-name stem")
+    else:
+        output_name = str(target[init]["inputs"].get("output_name") or "flux_lora")
+    output_name = _substitute(output_name, file_stem(token))
+
+    _set(target, schemas, init, "max_train_steps", plan.max_train_steps)
+    _set(target, schemas, init, "learning_rate", plan.learning_rate)
+    _set(target, schemas, init, "network_dim", plan.network_dim)
+    _set(target, schemas, init, "network_alpha", float(plan.network_alpha))
+    _set(target, schemas, init, "gradient_dtype", plan.gradient_dtype)
+    _set(target, schemas, init, "output_name", output_name)
+    if "additional_args" not in target[init]["inputs"]:
+        # Absent, kohya parses the ComfyUI server's own command line instead (fact sheet §8).
+        _set(target, schemas, init, "additional_args", "")
+    if options.output_dir is not None:
+        out_dir = options.output_dir.strip()
+        if not out_dir:
+            raise OverrideError("--server-output-dir is empty: give a folder on the GPU host")
+        _set(target, schemas, init, "output_dir", out_dir)
+
+    if roles.optimizer is not None:
+        opt_schema = _schema(schemas, target, roles.optimizer)
+        if "optimizer_type" not in opt_schema.inputs:
+            raise TemplateError(
+                f"{_label(target, roles.optimizer)}: {opt_schema.class_type} forces its own optimizer; lorawf plans "
+                f"{plan.optimizer}, which needs an OptimizerConfig node"
+            )
+        _set(target, schemas, roles.optimizer, "optimizer_type", plan.optimizer)
+        _set(target, schemas, roles.optimizer, "lr_scheduler", plan.lr_scheduler)
+    if roles.general_config is not None:
+        # Without it a re-submitted identical prompt trains nothing (ComfyUI cache) (fact sheet §7).
+        _set(target, schemas, roles.general_config, "reset_on_queue", True)
+
+    dataset_path = None
+    if options.dataset_path is not None:
+        dataset_path = options.dataset_path.strip()
+        if not dataset_path:
+            raise OverrideError("--server-dataset-path is empty: give the dataset folder on the GPU host")
+    for add in roles.dataset_adds:
+        _set(target, schemas, add, "batch_size", plan.batch_size)
+        _set(target, schemas, add, "num_repeats", plan.num_repeats)
+        tokens = str(target[add]["inputs"].get("class_tokens") or "")
+        _set(target, schemas, add, "class_tokens", _substitute(tokens, token) if PLACEHOLDER in tokens else token)
+        if dataset_path is not None:
+            _set(target, schemas, add, "dataset_path", dataset_path)
+
+    prompts_node, prompts_input = roles.prompts
+    prompts = target[prompts_node]["inputs"].get(prompts_input)
+    if not isinstance(prompts, str) or PLACEHOLDER not in prompts:
+        raise TemplateError(
+            f"{_label(target, prompts_node)}: input {prompts_input} has no {PLACEHOLDER} placeholder; "
+            "patch the template, not an already patched workflow"
+        )
+    target[prompts_node]["inputs"][prompts_input] = _substitute(prompts, token)
+
+    _rebuild_chain(target, roles, plan, output_name)
+    for nid, node in target.items():
+        if node["class_type"] in (SAVE, END) and "save_state" in _schema(schemas, target, nid).inputs:
+            node["inputs"]["save_state"] = False  # FluxTrainEnd defaults to true: a multi-GB state folder
+    apply_sets(target, schemas, options.sets)
+
+    operations = diff_workflows(template, target)
+    patched = jsonpatch.apply_patch(template, operations, in_place=False)
+    return PatchResult(patched, operations, roles)
+
+
+def training_steps(workflow: Workflow, schemas: SchemaSet) -> tuple[int, list[int]]:
+    """``(max_train_steps, [loop steps...])`` of a workflow's chain, for consistency checks."""
+    roles = find_roles(workflow, schemas)
+    total = int(workflow[roles.init]["inputs"].get("max_train_steps", 0))
+    loops = [int(workflow[b.chain[0]]["inputs"].get("steps", 0)) for b in roles.blocks]
+    return total, loops
