@@ -232,16 +232,17 @@ def find_roles(workflow: Workflow, schemas: SchemaSet) -> Roles:
     if prompts_source is None:
         prompts = (init, "sample_prompts")
     else:
-        string_inputs = [
-            name
+        texts = {
+            name: value
             for name, value in (workflow[prompts_source].get("inputs") or {}).items()
-            if isinstance(value, str) and PLACEHOLDER in value
-        ]
+            if isinstance(value, str)
+        }
+        string_inputs = list(texts) if len(texts) == 1 else [n for n, v in texts.items() if PLACEHOLDER in v]
         if len(string_inputs) != 1:
             raise TemplateError(
                 f"{_label(workflow, prompts_source)} feeds sample_prompts but has "
-                f"{'no' if not string_inputs else 'several'} text input(s) with the {PLACEHOLDER} placeholder "
-                "(role: validation prompts); patch the template, not an already patched workflow"
+                f"{'no' if not string_inputs else 'several'} text input(s) that could hold the prompts "
+                f"(role: validation prompts); put them in one input with the {PLACEHOLDER} placeholder"
             )
         prompts = (prompts_source, string_inputs[0])
 
