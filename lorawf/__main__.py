@@ -1,0 +1,5 @@
+"""``python -m lorawf`` runs the command line."""
+
+from lorawf.cli import main
+
+main()
