@@ -185,7 +185,7 @@ def _only(workflow: Workflow, class_type: str, role: str) -> str:
 
 
 def _linked_source(workflow: Workflow, node_id: str, input_name: str) -> str | None:
-    value = (workflow[node_id].get("inputs") or {}).get(input_name)
+    value: Any = (workflow[node_id].get("inputs") or {}).get(input_name)
     if _is_link(value):
         if value[0] not in workflow:
             raise TemplateError(f"{_label(workflow, node_id)}: input {input_name} links to missing node {value[0]}")

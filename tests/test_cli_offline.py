@@ -164,13 +164,12 @@ def test_atomic_write_never_leaves_a_half_written_file(tmp_path: Path, monkeypat
 def test_plan_and_help_do_not_import_network_libraries() -> None:
     for args in (["plan", "--images", "43"], ["--help"]):
         code = (
-            "import sys, runpy; sys.argv = ['lorawf', *%r]\n"
-            "try:\n    runpy.run_module('lorawf.cli', run_name='__main__')\nexcept SystemExit: pass\n"
+            "import sys\n"
             "from lorawf.cli import main\n"
-            "try:\n    main(%r)\nexcept SystemExit: pass\n"
+            f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
             "heavy = [m for m in ('httpx', 'websockets', 'aiohttp', 'jsonpatch') if m in sys.modules]\n"
             "print('HEAVY', heavy, file=sys.stderr)\n"
-        ) % (args, args)
+        )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         assert "HEAVY []" in proc.stderr, proc.stderr
 
