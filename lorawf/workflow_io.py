@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorawf.errors import WorkflowFormatError
+
+if TYPE_CHECKING:
+    from lorawf.schema import SchemaSet
 
 Workflow = dict[str, Any]
 
@@ -61,3 +65,26 @@ def as_api_workflow(data: Any, source: str) -> Workflow:
 def dumps_workflow(workflow: Any) -> str:
     """Deterministic serialization: key order kept, 2-space indent, UTF-8 kept, trailing newline."""
     return json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
+
+
+def load_workflow(
+    path: Path,
+    schemas: SchemaSet,
+    *,
+    model_overrides: Mapping[str, str] | None = None,
+    fix_stale: bool = False,
+    drop_unknown: bool = False,
+) -> tuple[Workflow, bool]:
+    """Read a workflow file in API or UI format; UI files are converted with ``schemas``.
+
+    Returns ``(api_workflow, was_ui)``. The options are those of :func:`lorawf.convert.convert_ui`.
+    """
+    data = read_json(path)
+    if detect_format(data) == "ui":
+        from lorawf.convert import convert_ui
+
+        conversion = convert_ui(
+            data, schemas, model_overrides=model_overrides, fix_stale=fix_stale, drop_unknown=drop_unknown
+        )
+        return conversion.workflow, True
+    return as_api_workflow(data, str(path)), False

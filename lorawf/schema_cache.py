@@ -1,0 +1,98 @@
+"""Node schemas of a live server, cached per server and ComfyUI version.
+
+The cache lives in ``$XDG_CACHE_HOME/lorawf/object_info/`` (``~/.cache/...`` without the variable);
+one JSON file per server (redacted URL: no credentials, no query) and ``comfyui_version``. Installing
+a custom node pack does not change the version, so ``refresh=True`` (``--refresh-schemas``) refetches.
+Networking is :mod:`lorawf.client`'s: imported only when a server is actually asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lorawf.fsutil import atomic_write_text
+from lorawf.schema import SchemaSet, parse_object_info
+from lorawf.server_settings import ServerSettings
+
+__all__ = ["cache_dir", "cache_path", "fetch_raw_object_info", "load_cached", "server_schemas", "store"]
+
+UNKNOWN_VERSION = "unknown"
+
+
+def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CACHE_HOME/lorawf/object_info`` (or ``~/.cache/lorawf/object_info``)."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "lorawf" / "object_info"
+
+
+def cache_path(redacted_url: str, version: str, environ: Mapping[str, str] | None = None) -> Path:
+    """The cache file for one server URL (already redacted) and ComfyUI version."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{redacted_url}_{version}").strip("_")[:80]
+    digest = hashlib.sha256(f"{redacted_url}\n{version}".encode()).hexdigest()[:12]
+    return cache_dir(environ) / f"{readable}-{digest}.json"
+
+
+def load_cached(redacted_url: str, version: str, environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The cached object_info, or ``None`` when absent or unreadable (a bad cache file is ignored)."""
+    if version == UNKNOWN_VERSION:
+        return None
+    try:
+        data = json.loads(cache_path(redacted_url, version, environ).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def store(redacted_url: str, version: str, data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Path | None:
+    """Save object_info to the cache; returns the path, or ``None`` when the cache cannot be written."""
+    if version == UNKNOWN_VERSION:
+        return None
+    path = cache_path(redacted_url, version, environ)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(data, ensure_ascii=False))
+    except OSError:
+        return None
+    return path
+
+
+def _version(stats: Any) -> str:
+    system = stats.get("system") if isinstance(stats, Mapping) else None
+    version = system.get("comfyui_version") if isinstance(system, Mapping) else None
+    return str(version) if version else UNKNOWN_VERSION
+
+
+async def fetch_raw_object_info(settings: ServerSettings) -> dict[str, Any]:
+    """``GET /object_info`` of the server, uncached."""
+    from lorawf.client import fetch_object_info
+
+    return await fetch_object_info(settings)
+
+
+async def _server_object_info(settings: ServerSettings, refresh: bool) -> tuple[dict[str, Any], str]:
+    from lorawf.client import fetch_object_info, fetch_system_stats
+
+    version = _version(await fetch_system_stats(settings))
+    url = settings.redacted_url
+    if not refresh:
+        cached = load_cached(url, version)
+        if cached is not None:
+            return cached, version
+    data = await fetch_object_info(settings)
+    store(url, version, data)
+    return data, version
+
+
+def server_schemas(settings: ServerSettings, *, refresh: bool = False) -> SchemaSet:
+    """Schemas of a live server (``/system_stats`` for the version, then the cache or ``/object_info``)."""
+    import asyncio
+
+    data, version = asyncio.run(_server_object_info(settings, refresh))
+    return parse_object_info(data, source=f"{settings.redacted_url} (ComfyUI {version})")
