@@ -1,7 +1,156 @@
-"""Commands that judge or convert workflows: ``validate``, ``convert``, ``object-info``."""
+"""Commands that judge or convert workflows: ``validate``, ``convert``, ``object-info``.
+
+Thin: parse options, call :mod:`lorawf.preflight` / :mod:`lorawf.convert` / :mod:`lorawf.schema_cache`,
+print. Nothing network-related is imported unless ``--server`` is given.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
 import click
 
+from lorawf.errors import UsageError, ValidationFailed
+from lorawf.schema import SchemaSet, bundled_schemas, load_object_info_file
+
 COMMANDS: list[click.Command] = []
+
+
+def _schemas(server: str | None, object_info: Path | None, headers: Sequence[str], refresh: bool) -> SchemaSet:
+    """Schemas from ``--object-info FILE``, a live ``--server`` (cached), or the bundled snapshot."""
+    if server and object_info:
+        raise UsageError("give either --server or --object-info, not both")
+    if object_info is not None:
+        return load_object_info_file(object_info)
+    if server:
+        from lorawf.schema_cache import server_schemas
+        from lorawf.server_settings import ServerSettings
+
+        return server_schemas(ServerSettings.resolve(server, headers), refresh=refresh)
+    return bundled_schemas()
+
+
+def _parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set-model {pair!r}: expected INPUT=FILE or NODE_ID.INPUT=FILE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _schema_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--refresh-schemas", is_flag=True, help="Refetch /object_info instead of using the cache.")(func)
+    func = click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
+                        help="Extra HTTP header for the server (repeatable).")(func)
+    func = click.option("--object-info", "object_info", type=click.Path(path_type=Path, dir_okay=False),
+                        help="Node schemas from a saved snapshot (see `lorawf object-info`).")(func)
+    func = click.option("--server", metavar="URL", help="Node schemas of a live server (cached per server and version).")(
+        func)
+    return func
+
+
+def _conversion_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--set-model", "set_model", multiple=True, metavar="INPUT=FILE",
+                        help="Replace a model file name, e.g. transformer=flux1-dev.safetensors or 136.t5=...")(func)
+    func = click.option("--drop-unknown", is_flag=True,
+                        help="UI files: drop nodes the server does not have (and what depends on them).")(func)
+    func = click.option("--fix-stale", is_flag=True,
+                        help="UI files: fix values saved by older node versions (listed in docs/preflight.md).")(func)
+    return func
+
+
+@click.command("validate")
+@click.argument("workflow", type=click.Path(path_type=Path, dir_okay=False))
+@_schema_options
+@_conversion_options
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as a JSON list.")
+def validate_cmd(workflow: Path, server: str | None, object_info: Path | None, headers: tuple[str, ...],
+                 refresh_schemas: bool, set_model: tuple[str, ...], drop_unknown: bool, fix_stale: bool,
+                 as_json: bool) -> None:
+    """Check WORKFLOW as the server would, plus what it ignores silently. Exit 0 clean, 1 problems.
+
+    UI-format files are converted first. Schemas: --server, --object-info, or the bundled snapshot.
+    """
+    from lorawf.preflight import preflight, render_json, render_lines
+    from lorawf.workflow_io import load_workflow
+
+    schemas = _schemas(server, object_info, headers, refresh_schemas)
+    api, was_ui = load_workflow(workflow, schemas, model_overrides=_parse_overrides(set_model),
+                                fix_stale=fix_stale, drop_unknown=drop_unknown)
+    if was_ui:
+        click.echo(f"{workflow}: UI-format workflow, converted to API format before checking", err=True)
+    problems = preflight(api, schemas)
+    if as_json:
+        click.echo(render_json(problems), nl=False)
+    else:
+        for line in render_lines(problems, str(workflow)):
+            click.echo(line)
+    if problems:
+        raise ValidationFailed(f"{workflow}: {len(problems)} problem(s) found against {schemas.source}")
+    if not as_json:
+        click.echo(f"{workflow}: ok ({len(api)} nodes checked against {schemas.source})")
+
+
+@click.command("convert")
+@click.argument("ui_file", metavar="UI.json", type=click.Path(path_type=Path, dir_okay=False))
+@_schema_options
+@_conversion_options
+@click.option("-o", "--output", default="-", metavar="FILE|-", help="Where to write the API workflow (default stdout).")
+def convert_cmd(ui_file: Path, server: str | None, object_info: Path | None, headers: tuple[str, ...],
+                refresh_schemas: bool, set_model: tuple[str, ...], drop_unknown: bool, fix_stale: bool,
+                output: str) -> None:
+    """Convert a web-UI workflow export (UI.json) to API format using the node schemas."""
+    from lorawf.convert import convert_ui
+    from lorawf.errors import WorkflowFormatError
+    from lorawf.fsutil import atomic_write_text
+    from lorawf.workflow_io import detect_format, dumps_workflow, read_json
+
+    schemas = _schemas(server, object_info, headers, refresh_schemas)
+    data = read_json(ui_file)
+    kind = detect_format(data)
+    if kind != "ui":
+        what = "already API format" if kind in ("api", "post_body") else "not a ComfyUI workflow"
+        raise WorkflowFormatError(f"{ui_file}: {what}; `lorawf convert` takes a UI-format export")
+    conversion = convert_ui(data, schemas, model_overrides=_parse_overrides(set_model), fix_stale=fix_stale,
+                            drop_unknown=drop_unknown)
+    for note in conversion.notes:
+        click.echo(f"{ui_file}: {note}", err=True)
+    text = dumps_workflow(conversion.workflow)
+    if output == "-":
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(Path(output), text)
+        click.echo(f"wrote {output} ({len(conversion.workflow)} nodes)", err=True)
+
+
+@click.command("object-info")
+@click.option("--server", metavar="URL", help="The server to ask (default $LORAWF_SERVER or 127.0.0.1:8188).")
+@click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'", help="Extra HTTP header (repeatable).")
+@click.option("-o", "--output", required=True, metavar="FILE|-", help="Where to save the snapshot.")
+def object_info_cmd(server: str | None, headers: tuple[str, ...], output: str) -> None:
+    """Save a server's node schemas (GET /object_info) for offline `validate --object-info`."""
+    import asyncio
+
+    from lorawf.fsutil import atomic_write_text
+    from lorawf.schema import parse_object_info
+    from lorawf.schema_cache import fetch_raw_object_info
+    from lorawf.server_settings import ServerSettings
+
+    settings = ServerSettings.resolve(server, headers)
+    data = asyncio.run(fetch_raw_object_info(settings))
+    schemas = parse_object_info(data, source=settings.redacted_url)
+    text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+    if output == "-":
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(Path(output), text)
+        click.echo(f"wrote {output}: {len(schemas)} node types from {settings.redacted_url}", err=True)
+
+
+COMMANDS.extend([validate_cmd, convert_cmd, object_info_cmd])
