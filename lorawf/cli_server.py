@@ -1,7 +1,315 @@
-"""Commands that talk to a ComfyUI server: ``submit``, ``watch``, ``queue``, ``cancel``, ``run``, ``runs``, ``sheet``."""
+"""Commands that talk to a ComfyUI server: ``submit``, ``watch``, ``queue``, ``cancel``.
+
+Thin: parse options, build :class:`~lorawf.server_settings.ServerSettings`, call :mod:`lorawf.client`
+(imported inside the commands, so ``lorawf --help`` stays fast), render events with :mod:`lorawf.display`.
+:func:`run_submission` is the one entry point other commands (``lorawf run``) use to submit and wait.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
 import click
 
+from lorawf.display import make_display, scrub
+from lorawf.errors import (
+    Cancelled,
+    LorawfError,
+    PromptLost,
+    RunFailed,
+    ServerError,
+    ServerRejected,
+    ServerUnreachable,
+    exit_code_for,
+)
+from lorawf.events import Done, ErrorEvent, Event, OutputFile, Queued
+from lorawf.server_settings import ServerSettings
+
+if TYPE_CHECKING:
+    from lorawf.client import RunResult
+
 COMMANDS: list[click.Command] = []
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------------------------------ plumbing
+
+
+def run_async(factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine; the first Ctrl-C cancels it (the client then cancels our prompt and raises)."""
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        installed = False
+        if task is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signal.SIGINT, task.cancel)
+                installed = True
+        try:
+            return await factory()
+        finally:
+            if installed:
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(signal.SIGINT)
+
+    return asyncio.run(main())
+
+
+def outcome_of(error: BaseException) -> str:
+    """The ``done`` event's outcome for an error."""
+    from lorawf.client import WaitTimeout
+
+    if isinstance(error, Cancelled):
+        return "cancelled"
+    if isinstance(error, ServerRejected):
+        return "rejected"
+    if isinstance(error, PromptLost):
+        return "lost"
+    if isinstance(error, WaitTimeout):
+        return "timeout"
+    if isinstance(error, ServerUnreachable):
+        return "unreachable"
+    if isinstance(error, ServerError):
+        return "protocol_error"
+    return "failed"
+
+
+class _Recorder:
+    """Wraps a display: remembers the prompt id, and renders a rejection as an ``error`` event."""
+
+    def __init__(self, display: Callable[[Event], None]) -> None:
+        self.display = display
+        self.prompt_id: str | None = None
+
+    def __call__(self, event: Event) -> None:
+        if event.prompt_id and self.prompt_id is None or isinstance(event, Queued):
+            self.prompt_id = event.prompt_id
+        self.display(event)
+
+
+@dataclass
+class SubmitOptions:
+    """Everything ``submit``/``run`` accept beyond the server settings and the workflow."""
+
+    wait: bool = True
+    json_mode: bool = False
+    download: Path | None = None
+    timeout: float | None = None
+    previews: Path | None = None
+    verbose: bool = False
+    extra_data: Mapping[str, Any] | None = None
+
+
+def _finish(recorder: _Recorder, display: Any, settings: ServerSettings, result: RunResult | None,
+            error: LorawfError | None, files: list[OutputFile]) -> None:
+    if error is not None:
+        message = scrub(str(error).splitlines()[0], settings.secret_values())
+        rejected_nodes: tuple[Any, ...] = tuple(getattr(error, "node_errors", ()) or ())
+        if isinstance(error, ServerRejected):
+            recorder(ErrorEvent(recorder.prompt_id, "rejected", message, node_errors=rejected_nodes))
+        outcome = result.outcome if isinstance(error, RunFailed) and result else outcome_of(error)
+        recorder(Done(recorder.prompt_id, outcome, exit_code_for(error), message, tuple(files)))
+    elif result is not None:
+        recorder(Done(result.prompt_id, result.outcome, 0, result.message, tuple(files)))
+    display.close()
+
+
+def _conclude(result: RunResult, settings: ServerSettings, download: Path | None, sink: Callable[[Event], None]
+              ) -> None:
+    """Download outputs if asked, then turn a failed/interrupted run into :class:`RunFailed`."""
+    from lorawf.client import download_outputs
+    from lorawf.errors import ProtocolError
+
+    problems: list[str] = []
+    if download is not None and result.files:
+        problems = run_async(lambda: download_outputs(settings, result.files, download, sink, result.prompt_id))
+    if result.outcome in ("failed", "interrupted"):
+        raise RunFailed(result.message)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ProtocolError(f"{len(problems)} output file(s) not downloaded: {problems[0]}{more}")
+
+
+def run_submission(settings: ServerSettings, workflow: Mapping[str, Any], options: SubmitOptions,
+                   stream: Any = None) -> RunResult:
+    """Submit ``workflow`` and follow it with a display; the call ``lorawf run`` makes after patching.
+
+    Prints events (live, plain or NDJSON), downloads outputs with ``options.download``, always ends the
+    event stream with a ``done`` event, and raises a :class:`~lorawf.errors.LorawfError` for every
+    non-success (RunFailed, PromptRejected, ServerUnreachable, ProtocolError, PromptLost, Cancelled...),
+    so the CLI group maps it to the exit code. Returns the result on success (or ``--no-wait``).
+    """
+    from lorawf.client import WaitOptions, submit_and_wait
+
+    out = stream
+    if out is None and not options.wait and not options.json_mode:
+        out = sys.stderr  # stdout gets only the prompt id, for scripts
+    display = make_display(options.json_mode, settings.secret_values(), options.verbose, out)
+    recorder = _Recorder(display)
+    wait_options = WaitOptions.from_env(timeout=options.timeout, previews_dir=options.previews)
+    result: RunResult | None = None
+    try:
+        result = run_async(lambda: submit_and_wait(settings, workflow, recorder, wait=options.wait,
+                                                   options=wait_options, extra_data=options.extra_data))
+        _conclude(result, settings, options.download, recorder)
+    except LorawfError as err:
+        _finish(recorder, display, settings, result, err, result.files if result else [])
+        raise
+    _finish(recorder, display, settings, result, None, result.files)
+    if not options.wait and not options.json_mode:
+        click.echo(result.prompt_id)
+    return result
+
+
+def run_watch(settings: ServerSettings, prompt_id: str, options: SubmitOptions, stream: Any = None) -> RunResult:
+    """Follow an existing prompt with a display (Ctrl-C only stops watching)."""
+    from lorawf.client import WaitOptions, watch_prompt
+
+    display = make_display(options.json_mode, settings.secret_values(), options.verbose, stream)
+    recorder = _Recorder(display)
+    recorder.prompt_id = prompt_id
+    wait_options = WaitOptions.from_env(timeout=options.timeout, previews_dir=options.previews)
+    result: RunResult | None = None
+    try:
+        result = run_async(lambda: watch_prompt(settings, prompt_id, recorder, options=wait_options))
+        _conclude(result, settings, options.download, recorder)
+    except LorawfError as err:
+        _finish(recorder, display, settings, result, err, result.files if result else [])
+        raise
+    _finish(recorder, display, settings, result, None, result.files)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ options
+
+
+def server_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--server``, ``--header`` (repeatable), ``--ca-bundle``, ``--insecure``."""
+    func = click.option("--insecure", is_flag=True, help="Do not verify the server's TLS certificate.")(func)
+    func = click.option("--ca-bundle", type=click.Path(dir_okay=False), default=None,
+                        help="Extra CA certificates (PEM) to verify the server's TLS certificate.")(func)
+    func = click.option("--header", "headers", multiple=True, metavar="'Name: value'",
+                        help="Extra header on every HTTP request and the websocket handshake (repeatable).")(func)
+    func = click.option("--server", default=None, metavar="URL",
+                        help="ComfyUI server (default: $LORAWF_SERVER, else http://127.0.0.1:8188). "
+                             "$LORAWF_TOKEN is sent as a bearer token.")(func)
+    return func
+
+
+def wait_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json``, ``--download``, ``--timeout``, ``--previews``, ``--verbose``."""
+    func = click.option("--verbose", "-v", is_flag=True, help="Show server tracebacks of failed nodes.")(func)
+    func = click.option("--previews", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help="Save binary preview frames into this folder (default: ignore them).")(func)
+    func = click.option("--timeout", type=float, default=None, metavar="S",
+                        help="Give up waiting after S seconds (the prompt keeps running). Default: no limit.")(func)
+    func = click.option("--download", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        metavar="DIR", help="Download every output file into DIR.")(func)
+    func = click.option("--json", "json_mode", is_flag=True,
+                        help="Print NDJSON events (schema lorawf.event/1); the last line is the outcome.")(func)
+    return func
+
+
+def settings_from(server: str | None, headers: tuple[str, ...], ca_bundle: str | None, insecure: bool
+                  ) -> ServerSettings:
+    return ServerSettings.resolve(server, headers, ca_bundle, insecure)
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+@click.command("submit")
+@click.argument("workflow", type=click.Path(dir_okay=True, path_type=Path))
+@server_options
+@click.option("--no-wait", is_flag=True, help="Queue the prompt, print its id and exit.")
+@wait_options
+def submit_cmd(workflow: Path, server: str | None, headers: tuple[str, ...], ca_bundle: str | None,
+               insecure: bool, no_wait: bool, json_mode: bool, download: Path | None, timeout: float | None,
+               previews: Path | None, verbose: bool) -> None:
+    """Submit an API-format WORKFLOW and follow it to the end.
+
+    \b
+    Shows the current node, a step bar with rate and ETA and an overall bar over all training loops
+    (plain log lines without a terminal, NDJSON with --json). Ctrl-C cancels the prompt: a pending
+    one is removed from the queue, a running one is interrupted by its id. Exit codes: 0 success,
+    1 run failed or interrupted, 4 rejected, 5 unreachable/protocol error/prompt lost, 130 cancelled.
+    """
+    from lorawf.workflow_io import as_api_workflow, read_json
+
+    settings = settings_from(server, headers, ca_bundle, insecure)
+    graph = as_api_workflow(read_json(workflow), str(workflow))
+    run_submission(settings, graph, SubmitOptions(not no_wait, json_mode, download, timeout, previews, verbose))
+
+
+@click.command("watch")
+@click.argument("prompt_id")
+@server_options
+@wait_options
+def watch_cmd(prompt_id: str, server: str | None, headers: tuple[str, ...], ca_bundle: str | None,
+              insecure: bool, json_mode: bool, download: Path | None, timeout: float | None,
+              previews: Path | None, verbose: bool) -> None:
+    """Follow PROMPT_ID to its end (or report it from history if it already finished).
+
+    Ctrl-C only stops watching; use `lorawf cancel` to cancel the prompt.
+    """
+    settings = settings_from(server, headers, ca_bundle, insecure)
+    run_watch(settings, prompt_id.strip(), SubmitOptions(True, json_mode, download, timeout, previews, verbose))
+
+
+@click.command("queue")
+@server_options
+@click.option("--json", "json_mode", is_flag=True, help="Print one JSON object (schema lorawf.queue/1).")
+def queue_cmd(server: str | None, headers: tuple[str, ...], ca_bundle: str | None, insecure: bool,
+              json_mode: bool) -> None:
+    """Show running and pending prompts, pending ones in the order they will run."""
+    from lorawf.client import fetch_queue
+    from lorawf.events import running_items, sorted_pending
+
+    settings = settings_from(server, headers, ca_bundle, insecure)
+    queue = run_async(lambda: fetch_queue(settings))
+
+    def row(item: list[Any]) -> dict[str, Any]:
+        outputs = item[4] if len(item) > 4 and isinstance(item[4], list) else []
+        return {"prompt_id": str(item[1]), "number": item[0], "outputs": [str(o) for o in outputs]}
+
+    running = [row(it) for it in running_items(queue)]
+    pending = [{"position": pos, **row(it)} for pos, it in enumerate(sorted_pending(queue), start=1)]
+    if json_mode:
+        click.echo(json.dumps({"schema": "lorawf.queue/1", "server": settings.redacted_url,
+                               "running": running, "pending": pending}))
+        return
+    click.echo(f"server {settings.redacted_url}: {len(running)} running, {len(pending)} pending")
+    for item in running:
+        click.echo(f"  running  {item['prompt_id']}  number {item['number']}")
+    for item in pending:
+        click.echo(f"  {item['position']:>7}  {item['prompt_id']}  number {item['number']}")
+
+
+@click.command("cancel")
+@click.argument("prompt_id")
+@server_options
+@click.option("--json", "json_mode", is_flag=True, help="Print the result as one lorawf.event/1 line.")
+def cancel_cmd(prompt_id: str, server: str | None, headers: tuple[str, ...], ca_bundle: str | None,
+               insecure: bool, json_mode: bool) -> None:
+    """Cancel PROMPT_ID: remove it from the queue if pending, interrupt it (by id only) if running."""
+    from lorawf.client import cancel
+    from lorawf.events import CancelDone
+
+    settings = settings_from(server, headers, ca_bundle, insecure)
+    action, message = run_async(lambda: cancel(settings, prompt_id.strip()))
+    if json_mode:
+        click.echo(json.dumps(CancelDone(prompt_id, action, message).to_dict()))
+    else:
+        click.echo(message)
+
+
+COMMANDS.extend([submit_cmd, watch_cmd, queue_cmd, cancel_cmd])

@@ -45,7 +45,7 @@ class Event:
     """Base class of every event. ``to_dict`` gives the ``lorawf.event/1`` JSON object."""
 
     kind: ClassVar[str] = "event"
-    prompt_id: str
+    prompt_id: str | None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"schema": SCHEMA, "event": self.kind}
@@ -165,6 +165,7 @@ class ErrorEvent(Event):
     exception_type: str | None = None
     exception_message: str | None = None
     traceback: tuple[str, ...] | None = None
+    node_errors: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,306 @@
+"""Rendering run events: a live terminal display, plain log lines, or ``--json`` NDJSON.
+
+Each display is a callable sink for :class:`~lorawf.events.Event` objects plus ``close()``. Every string
+that leaves a display goes through :func:`scrub` with the server settings' secrets as a last defence.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+from lorawf.events import (
+    Cached,
+    CancelDone,
+    Done,
+    Download,
+    ErrorEvent,
+    Event,
+    Executing,
+    Output,
+    Preview,
+    Progress,
+    Queued,
+    Started,
+    WarningEvent,
+)
+
+Clock = Callable[[], float]
+
+_ROLE_LABEL = {
+    "checkpoint": "checkpoint",
+    "validation": "validation image",
+    "loss_plot": "loss plot",
+    "image": "image",
+    "file": "file",
+    "text": "text",
+}
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret value in ``text`` by ``***``."""
+    for secret in secrets:
+        if secret and len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _scrub_obj(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    if isinstance(value, list):
+        return [_scrub_obj(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub_obj(v, secrets) for k, v in value.items()}
+    return value
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or math.isnan(seconds) or seconds < 0 or seconds > 1e8:
+        return "--:--"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def bar(value: int, maximum: int, width: int = 28) -> str:
+    frac = 0.0 if maximum <= 0 else max(0.0, min(1.0, value / maximum))
+    filled = round(frac * width)
+    return "█" * filled + "·" * (width - filled)
+
+
+class RateMeter:
+    """Steps per second since the first sample of the current node (pure apart from the given clock)."""
+
+    def __init__(self) -> None:
+        self.node: str | None = None
+        self.t0 = 0.0
+        self.v0 = 0
+        self.rate: float | None = None
+
+    def sample(self, node: str, value: int, now: float) -> float | None:
+        if node != self.node or value < self.v0:
+            self.node, self.t0, self.v0, self.rate = node, now, value, None
+            return None
+        if value > self.v0 and now > self.t0:
+            self.rate = (value - self.v0) / (now - self.t0)
+        return self.rate
+
+
+def describe(event: Event, verbose: bool = False) -> str | None:
+    """One human line for an event (``None`` for events shown only by the live bars)."""
+    if isinstance(event, Queued):
+        where = f", position {event.position} in queue" if event.position else ""
+        number = f" (number {event.number})" if event.number is not None and not event.position else ""
+        return f"queued {event.prompt_id}{number}{where}"
+    if isinstance(event, Started):
+        return f"started {event.prompt_id}"
+    if isinstance(event, Cached):
+        names = ", ".join(f"{n.node} {n.title}" for n in event.nodes)
+        return f"cached: {names}"
+    if isinstance(event, Executing):
+        loop = f" (training loop {event.loop}/{event.loops})" if event.loop else ""
+        return f"node {event.node} {event.title}{loop}"
+    if isinstance(event, Progress):
+        overall = ""
+        if event.overall_max:
+            overall = f", overall {event.overall_value}/{event.overall_max}"
+        return f"  {event.title}: step {event.value}/{event.max}{overall}"
+    if isinstance(event, Output):
+        label = _ROLE_LABEL.get(event.role, event.role)
+        if event.filename is not None:
+            sub = f"{event.subfolder}/" if event.subfolder else ""
+            return f"{label}: {sub}{event.filename} (node {event.node} {event.title}, {event.type})"
+        text = (event.text or "").replace("\n", " ")
+        return f"{label}: {text[:300]} (node {event.node} {event.title})"
+    if isinstance(event, WarningEvent):
+        return f"warning: {event.message}"
+    if isinstance(event, ErrorEvent):
+        line = f"run error: {event.message}"
+        if verbose and event.traceback:
+            line += "\n" + "".join(event.traceback).rstrip()
+        return line
+    if isinstance(event, Download):
+        how = {"same": "already there", "resumed": "resumed"}.get(event.status, "saved")
+        return f"downloaded {event.path} ({event.bytes} bytes, {how})"
+    if isinstance(event, Preview):
+        return f"preview saved: {event.path}" if event.path else None
+    if isinstance(event, CancelDone):
+        return event.message
+    if isinstance(event, Done):
+        return None
+    return None
+
+
+class JsonDisplay:
+    """``--json``: one ``lorawf.event/1`` object per line; the last line is the ``done`` event."""
+
+    def __init__(self, stream: TextIO, secrets: Iterable[str] = (), verbose: bool = False,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.stream = stream
+        self.secrets = list(secrets)
+        self.verbose = verbose
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+
+    def __call__(self, event: Event) -> None:
+        obj = event.to_dict()
+        if isinstance(event, ErrorEvent) and not self.verbose:
+            obj["traceback"] = None
+        obj["time"] = self.clock().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self.stream.write(json.dumps(_scrub_obj(obj, self.secrets), ensure_ascii=False) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class LogDisplay:
+    """No terminal: plain time-stamped lines; progress at most every 10 % or every ``every`` seconds."""
+
+    def __init__(self, stream: TextIO, secrets: Iterable[str] = (), verbose: bool = False,
+                 clock: Clock = time.monotonic, every: float = 30.0) -> None:
+        self.stream = stream
+        self.secrets = list(secrets)
+        self.verbose = verbose
+        self.clock = clock
+        self.every = every
+        self._last_progress: tuple[str, int, float] | None = None
+
+    def _write(self, line: str) -> None:
+        stamp = datetime.now().strftime("%H:%M:%S")
+        for part in scrub(line, self.secrets).splitlines() or [""]:
+            self.stream.write(f"[{stamp}] {part}\n")
+        self.stream.flush()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, Progress):
+            now = self.clock()
+            bucket = int(10 * event.value / event.max) if event.max else 0
+            last = self._last_progress
+            if last is not None and last[0] == event.node and last[1] == bucket and now - last[2] < self.every \
+                    and event.value != event.max:
+                return
+            self._last_progress = (event.node, bucket, now)
+        if isinstance(event, Done):
+            if event.outcome in ("success", "submitted"):
+                self._write(event.message)
+            return
+        line = describe(event, self.verbose)
+        if line:
+            self._write(line)
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class LiveDisplay:
+    """A terminal: notices scroll above a redrawn block (current node, step bar, overall bar)."""
+
+    def __init__(self, stream: TextIO, secrets: Iterable[str] = (), verbose: bool = False,
+                 clock: Clock = time.monotonic, min_interval: float = 0.1) -> None:
+        self.stream = stream
+        self.secrets = list(secrets)
+        self.verbose = verbose
+        self.clock = clock
+        self.min_interval = min_interval
+        self.block_lines = 0
+        self.last_draw = -1e9
+        self.status = "submitting"
+        self.node_line = ""
+        self.step: tuple[int, int] | None = None
+        self.overall: tuple[int, int] | None = None
+        self.meter = RateMeter()
+        self.overall_meter = RateMeter()
+        self.started_at: float | None = None
+
+    def _clear(self) -> None:
+        if self.block_lines:
+            self.stream.write(f"\x1b[{self.block_lines}F\x1b[J")
+            self.block_lines = 0
+
+    def _notice(self, line: str) -> None:
+        self._clear()
+        self.stream.write(scrub(line, self.secrets) + "\n")
+        self._draw(force=True)
+
+    def _draw(self, force: bool = False) -> None:
+        now = self.clock()
+        if not force and now - self.last_draw < self.min_interval:
+            return
+        self.last_draw = now
+        lines = [self.status + (f"  [{format_duration(now - self.started_at)}]" if self.started_at else "")]
+        if self.node_line:
+            lines.append(self.node_line)
+        if self.step:
+            value, maximum = self.step
+            rate = self.meter.rate
+            eta = (maximum - value) / rate if rate else None
+            rate_text = f"{rate:.2f} it/s" if rate else "-- it/s"
+            lines.append(f"  step    {bar(value, maximum)} {value}/{maximum}  {rate_text}  ETA {format_duration(eta)}")
+        if self.overall and self.overall[1]:
+            value, maximum = self.overall
+            rate = self.overall_meter.rate or self.meter.rate
+            eta = (maximum - value) / rate if rate else None
+            lines.append(f"  overall {bar(value, maximum)} {value}/{maximum}  ETA {format_duration(eta)}")
+        if self.block_lines:
+            self.stream.write(f"\x1b[{self.block_lines}F\x1b[J")
+        width = 200
+        for line in lines:
+            self.stream.write(scrub(line, self.secrets)[:width] + "\n")
+        self.block_lines = len(lines)
+        self.stream.flush()
+
+    def __call__(self, event: Event) -> None:
+        now = self.clock()
+        if isinstance(event, Queued):
+            self.status = f"queued {event.prompt_id}" + (f" (position {event.position})" if event.position else "")
+            self._draw(force=True)
+        elif isinstance(event, Started):
+            self.status = f"running {event.prompt_id}"
+            self.started_at = now
+            self._draw(force=True)
+        elif isinstance(event, Executing):
+            loop = f"  training loop {event.loop}/{event.loops}" if event.loop else ""
+            self.node_line = f"▶ node {event.node} {event.title}{loop}"
+            self.step = None
+            self._draw(force=True)
+        elif isinstance(event, Progress):
+            self.step = (event.value, event.max)
+            self.meter.sample(event.node, event.value, now)
+            if event.overall_max:
+                self.overall = (event.overall_value or 0, event.overall_max)
+                self.overall_meter.sample("overall", event.overall_value or 0, now)
+            self._draw()
+        elif isinstance(event, Done):
+            self._clear()
+            if event.outcome in ("success", "submitted"):
+                self.stream.write(scrub(f"✔ {event.message}", self.secrets) + "\n")
+            self.stream.flush()
+        else:
+            line = describe(event, self.verbose)
+            if line:
+                self._notice(line)
+
+    def close(self) -> None:
+        self._clear()
+        self.stream.flush()
+
+
+Display = JsonDisplay | LogDisplay | LiveDisplay
+
+
+def make_display(json_mode: bool, secrets: Iterable[str] = (), verbose: bool = False,
+                 stream: TextIO | None = None) -> Display:
+    """``--json`` → NDJSON; a TTY stdout → the live display; otherwise plain log lines."""
+    out = stream or sys.stdout
+    if json_mode:
+        return JsonDisplay(out, secrets, verbose)
+    if out.isatty():
+        return LiveDisplay(out, secrets, verbose)
+    return LogDisplay(out, secrets, verbose)
