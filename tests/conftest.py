@@ -1,0 +1,1 @@
+pytest_plugins = ["tests.comfy_server.plugin"]
