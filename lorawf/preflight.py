@@ -155,20 +155,18 @@ class _Ctx:
                        self.class_type(node_id), type_, message, **kw)
 
 
-def _describe_link_failure(ctx: _Ctx, node_id: str, only_input: str | None = None) -> Problem | None:
+def _describe_link_failure(ctx: _Ctx, node_id: str, type_: str) -> Problem | None:
     """Explain an exception the server raised while following links out of ``node_id``."""
     inputs = ctx.node(node_id).get("inputs")
     if not isinstance(inputs, Mapping):
-        return ctx.problem(node_id, "exception_during_validation", "the node has no 'inputs' object",
+        return ctx.problem(node_id, type_, "the node has no 'inputs' object",
                            fix="add \"inputs\": {} to the node")
     for name, value in inputs.items():
-        if only_input is not None and name != only_input:
-            continue
         if not isinstance(value, list) or len(value) != 2:
             continue
         src, slot = value
         if not isinstance(src, str) or src not in ctx.workflow:
-            return ctx.problem(node_id, "exception_during_validation",
+            return ctx.problem(node_id, type_,
                                f"links to node {src!r}, which does not exist in the workflow",
                                input=name, value=value, fix="link to an existing node id (a string) or remove the link")
         src_schema = ctx.schema(src)
@@ -176,13 +174,13 @@ def _describe_link_failure(ctx: _Ctx, node_id: str, only_input: str | None = Non
             not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot < len(src_schema.output_types)
         ):
             outputs = ", ".join(f"{i}={t}" for i, t in enumerate(src_schema.output_types)) or "none"
-            return ctx.problem(node_id, "exception_during_validation",
+            return ctx.problem(node_id, type_,
                                f"links to output slot {slot!r} of node {src} ({src_schema.class_type}), "
                                f"which has outputs: {outputs}",
                                input=name, value=value, fix="use an existing output slot number")
         src_inputs = ctx.node(src).get("inputs")
         if not isinstance(src_inputs, Mapping):
-            return ctx.problem(src, "exception_during_validation", "the node has no 'inputs' object",
+            return ctx.problem(src, type_, "the node has no 'inputs' object",
                                fix="add \"inputs\": {} to the node")
     return None
 
@@ -232,12 +230,12 @@ def _error_to_problem(ctx: _Ctx, node_id: str, error: Mapping[str, Any]) -> Prob
         return ctx.problem(node_id, type_, "a link must be [\"<node id>\", <output slot>]", input=name,
                            value=received, fix="write the link as [\"<node id>\", <slot number>]")
     if type_ == "exception_during_inner_validation":
-        explained = _describe_link_failure(ctx, node_id)
+        explained = _describe_link_failure(ctx, node_id, type_)
         if explained is not None:
             return explained
         return ctx.problem(node_id, type_, server_text, input=name)
     if type_ == "exception_during_validation":
-        explained = _describe_link_failure(ctx, node_id)
+        explained = _describe_link_failure(ctx, node_id, type_)
         if explained is not None:
             return explained
         return ctx.problem(node_id, type_, server_text)
