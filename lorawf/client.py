@@ -460,7 +460,8 @@ class EventSocket:
         except (OSError, TimeoutError, asyncio.TimeoutError, InvalidHandshake, InvalidURI,
                 ConnectionClosed) as exc:
             reason = first_line(str(exc)) or type(exc).__name__
-            raise ServerUnreachable(_scrub(f"cannot reach {what}: {reason}", self.settings)) from None
+            raise ServerUnreachable(_scrub(f"cannot reach {self.settings.redacted_url} (websocket /ws): {reason}",
+                                           self.settings)) from None
         self._task = asyncio.create_task(self._run(), name="lorawf-ws")
 
     async def _pump(self, ws: ClientConnection) -> str:
