@@ -336,3 +336,417 @@ async def test_smaller_max_upload_size_option(comfy_server_factory: Any) -> None
         }
         r = await client.post("/prompt", content=b"x" * (2 * 1024 * 1024))
         assert (r.status_code, r.text) == (413, "Maximum request body size 1048576 exceeded.")
+
+
+# --- queue, interrupt, history ----------------------------------------------------------------------------
+
+
+def _slow_prompt(text: str, prefix: str, steps: int = 200, delay: float = 0.05) -> dict[str, Any]:
+    return {
+        "1": {"class_type": "AcceptSlowSteps", "inputs": {"steps": steps, "delay": delay, "text": text}},
+        "2": {"class_type": "AcceptSaveText", "inputs": {"text": ["1", 0], "filename_prefix": prefix}},
+    }
+
+
+def _without_progress(frames: list[Any]) -> list[Any]:
+    return [f for f in frames if not (isinstance(f, dict) and f["type"] in ("progress", "progress_state"))]
+
+
+async def test_queue_delete_and_targeted_interrupt_match_recording(comfy_server: ComfyServer) -> None:
+    rec = load("queue_states.json")
+    comfy_server.control("config", delay_scale=0.1)  # 200 steps x 0.05 s -> 1 s per prompt
+    labels: dict[str, str] = {}
+    socks = []
+    for i, client in enumerate(rec["transcripts"], 1):
+        cid = str(uuid.uuid4())
+        labels[cid] = f"<c{i}>"
+        labels[client["client_id"]] = f"<c{i}>"
+        labels[client["prompt_id"]] = f"<p{i}>"
+        sock = await Socket.connect(comfy_server, cid)
+        await sock.recv()
+        socks.append((cid, sock))
+    answers: list[Any] = []
+    pids: list[str] = []
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+
+        async def call(method: str, path: str, body: Any = None) -> None:
+            r = await client.request(method, path, json=body)
+            answers.append([f"{method} {path}", r.status_code, r.headers.get("content-type"), r.text])
+
+        await call("GET", "/queue")
+        for i, (cid, _sock) in enumerate(socks, 1):
+            prompt = rec["transcripts"][i - 1]["prompt"]
+            r = await client.post("/prompt", json={"prompt": prompt, "client_id": cid})
+            pids.append(r.json()["prompt_id"])
+            labels[pids[-1]] = f"<p{i}>"
+            answers.append(["POST /prompt", r.status_code, r.headers.get("content-type"), r.text])
+        await call("GET", "/queue")
+        await call("POST", "/queue", {"delete": [pids[1]]})
+        await call("GET", "/queue")
+        await call("POST", "/interrupt", {"prompt_id": pids[2]})
+        await call("GET", "/queue")
+        await call("POST", "/interrupt", {"prompt_id": pids[0]})
+        await socks[2][1].until_done(pids[2])
+        await call("GET", "/queue")
+        for pid in pids:
+            await call("GET", f"/history/{pid}")
+    for _cid, sock in socks:
+        await sock.quiet(0.3)
+        await sock.close()
+
+    def shape(action: dict[str, Any] | list[Any]) -> list[Any]:
+        if isinstance(action, dict):
+            request, status, ctype, body = (
+                action["request"],
+                action["status"],
+                action["content_type"],
+                action["body"],
+            )
+        else:
+            request, status, ctype, text = action
+            body = json.loads(text) if ctype and "json" in ctype else text
+        body = normalize(body, labels)
+        if isinstance(body, dict) and "queue_running" in body:
+            body = {k: [[labels.get(x[1])] for x in v] for k, v in body.items()}
+        if isinstance(body, dict) and "number" in body:
+            body = {**body, "number": None}
+        if isinstance(body, dict) and body and next(iter(body)).startswith("<p"):
+            entry = next(iter(body.values()))
+            body = {"status": entry["status"]["status_str"], "outputs": sorted(entry["outputs"])}
+        request = " ".join(labels.get(p, p) for p in request.replace("/history/", "/history/ ").split(" "))
+        return [request.split(" ")[0], status, ctype, body]
+
+    recorded_actions = [shape(a) for a in rec["actions"]]
+    assert [shape(a) for a in answers] == recorded_actions
+    for (_cid, sock), recorded in zip(socks, rec["transcripts"]):
+        got = normalize(_without_progress(sock.frames), labels)
+        want = normalize(_without_progress(recorded_frames(recorded)), labels)
+        assert got == want, (recorded["label"], json.dumps(got), json.dumps(want))
+
+
+async def test_finish_before_connect_replays_nothing(comfy_server: ComfyServer) -> None:
+    rec = load("finish_before_connect.json")
+    cid = str(uuid.uuid4())
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        pid = (await post_prompt(client, rec["prompt"], cid))["prompt_id"]
+        for _ in range(500):
+            hist = (await client.get(f"/history/{pid}")).json()
+            if hist:
+                break
+            await asyncio.sleep(0.01)
+    sock = await Socket.connect(comfy_server, cid)
+    frames = [await sock.recv(), *await sock.quiet(0.4)]
+    await sock.close()
+    assert normalize(frames, {cid: "<cid>"}) == normalize(recorded_frames(rec), {rec["client_id"]: "<cid>"})
+    assert hist[pid]["status"]["status_str"] == "success"
+    assert hist[pid]["outputs"]["2"]["files"] == [
+        {"filename": "accept_early_00001_.txt", "subfolder": "", "type": "output"}
+    ]
+
+
+async def test_reconnect_midrun_gets_bare_executing_then_the_rest(comfy_server: ComfyServer) -> None:
+    rec = load("reconnect_midrun.json")
+    cid = str(uuid.uuid4())
+    prompt = _slow_prompt("reconnect", "accept_reconnect", steps=60, delay=0.01)
+    sock1 = await Socket.connect(comfy_server, cid)
+    await sock1.recv()
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        pid = (await post_prompt(client, prompt, cid))["prompt_id"]
+        while (await sock1.recv())["type"] != "progress":
+            pass
+        await sock1.close()
+        await asyncio.sleep(0.05)
+        sock2 = await Socket.connect(comfy_server, cid)
+        frames = await sock2.until_done(pid)
+    await sock2.close()
+    ids = {pid: "<pid>", cid: "<cid>"}
+    rec_ids = {rec["prompt_id"]: "<pid>", rec["client_id"]: "<cid>"}
+    messages = rec["messages"]
+    second = messages[[i for i, m in enumerate(messages) if m.get("action") == "ws connect"][1] :]
+    want = normalize(_without_progress([m["msg"] for m in second if m.get("kind") == "text"]), rec_ids)
+    assert normalize(_without_progress(frames), ids) == want
+    assert frames[1] == {"type": "executing", "data": {"node": "1"}}
+    progress = [f["data"]["value"] for f in frames if f["type"] == "progress"]
+    assert progress and progress[0] > 1 and progress[-1] == 60  # events in the gap are lost
+
+
+async def test_reconnect_overlap_pop_race_starves_new_socket(comfy_server: ComfyServer) -> None:
+    rec = load("reconnect_overlap.json")
+    cid = str(uuid.uuid4())
+    sock1 = await Socket.connect(comfy_server, cid)
+    await sock1.recv()
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        pid = (await post_prompt(client, _slow_prompt("overlap", "accept_overlap", 80, 0.01), cid))[
+            "prompt_id"
+        ]
+        while (await sock1.recv())["type"] != "progress":
+            pass
+        sock2 = await Socket.connect(comfy_server, cid)
+        assert normalize(await sock2.recv(), {cid: "<cid>"}) == normalize(
+            recorded_frames(rec, "messages_socket2")[0], {rec["client_id"]: "<cid>"}
+        )
+        assert await sock2.recv() == {"type": "executing", "data": {"node": "1"}}
+        assert (await sock2.recv())["type"] in ("progress_state", "progress")
+        await sock1.close()
+        drained = await sock2.quiet(0.1)  # frames already under way when socket 1 went
+        assert not any(f["type"] == "executing" for f in drained)
+        seen = len(sock2.frames)
+        for _ in range(500):
+            hist = (await client.get(f"/history/{pid}")).json()
+            if hist:
+                break
+            await asyncio.sleep(0.01)
+        assert hist[pid]["status"] == {**rec["history_status"], "messages": hist[pid]["status"]["messages"]}
+        late = await sock2.quiet(0.3)
+    await sock2.close()
+    assert late == [] and len(sock2.frames) == seen
+    assert not any(
+        f["type"] in ("execution_success", "executing") and f["data"].get("node") is None
+        for f in sock2.frames
+    )
+
+
+async def test_history_listing_matches_recorded_semantics(comfy_server: ComfyServer) -> None:
+    rec = load("history_list.json")
+    sock = await Socket.connect(comfy_server, "h")
+    await sock.recv()
+    pids = []
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        for i in range(3):
+            pid = (await post_prompt(client, _slow_prompt(f"t{i}", "pf", 1, 0.0), "h"))["prompt_id"]
+            await sock.until_done(pid)
+            pids.append(pid)
+        r = await client.get("/history", params={"max_items": 2})
+        assert list(r.json()) == pids[1:]
+        r = await client.get("/history", params={"max_items": 1, "offset": 0})
+        assert list(r.json()) == pids[:1]
+        assert len((await client.get("/history")).json()) == 3
+        unknown = rec["unknown_uuid"]
+        r = await client.get(unknown["request"].split(" ")[1])
+        assert (r.status_code, r.json()) == (unknown["status"], unknown["body"])
+        bad = rec["max_items=abc"]
+        r = await client.get("/history", params=bad["params"])
+        assert (r.status_code, r.headers["content-type"], r.text) == (
+            bad["status"],
+            bad["content_type"],
+            bad["body"],
+        )
+        r = await client.post("/history", json={"delete": [pids[0]]})
+        assert (r.status_code, r.text, r.headers.get("content-type")) == (200, "", None)
+        assert list((await client.get("/history")).json()) == pids[1:]
+        await client.post("/history", json={"clear": True})
+        assert (await client.get("/history")).json() == {}
+        r = await client.post("/free", json={"unload_models": True, "free_memory": True})
+        assert (r.status_code, r.text) == (200, "")
+    await sock.close()
+
+
+async def test_queue_clear_and_global_interrupt(comfy_server: ComfyServer) -> None:
+    sock = await Socket.connect(comfy_server, "q")
+    await sock.recv()
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        first = (await post_prompt(client, _slow_prompt("a", "qa", 500, 0.01), "q"))["prompt_id"]
+        await post_prompt(client, _slow_prompt("b", "qb", 5, 0.01), "q")
+        await post_prompt(client, _slow_prompt("c", "qc", 5, 0.01), "q")
+        queue = (await client.get("/queue")).json()
+        assert [x[1] for x in queue["queue_running"]] == [first] and len(queue["queue_pending"]) == 2
+        assert queue["queue_running"][0][3] == {"client_id": "q"} and queue["queue_running"][0][4] == ["2"]
+        r = await client.post("/queue", json={"clear": True})
+        assert (r.status_code, r.text) == (200, "")
+        assert (await client.get("/queue")).json()["queue_pending"] == []
+        r = await client.post("/interrupt", content=b"")  # empty body = global interrupt
+        assert r.status_code == 200
+        frames = await sock.until_done(first)
+        assert [f["type"] for f in frames[-3:]] == ["execution_interrupted", "status", "executing"]
+        assert (await client.get("/prompt")).json() == {"exec_info": {"queue_remaining": 0}}
+    await sock.close()
+
+
+# --- files: /view, /upload/image, listings --------------------------------------------------------------
+
+RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
+CAPTION = b"a photo of acpt, red square\n"
+
+
+def _upload_bytes(size: int) -> bytes:
+    """The recorded uploads are told apart by size: red 75, blue 77, green 76, caption 28, junk 14."""
+    from tests.comfy_server.png import make_png
+
+    return {
+        75: make_png(8, 8, RED),
+        77: make_png(8, 8, BLUE),
+        76: make_png(8, 8, GREEN),
+        28: CAPTION,
+        14: b"\x00\x01\x02junk-bytes",
+    }[size]
+
+
+def multipart(fields: list[dict[str, Any]], quote: bool = False) -> tuple[bytes, str]:
+    """A multipart/form-data body with full control over each part (httpx would normalise some)."""
+    import urllib.parse
+
+    boundary = "lorawf-test-boundary-7f3a"
+    out = b""
+    for field in fields:
+        out += f"--{boundary}\r\n".encode()
+        if "filename" in field:
+            filename = urllib.parse.quote(field["filename"], safe="") if quote else field["filename"]
+            out += (
+                f'Content-Disposition: form-data; name="{field["name"]}"; filename="{filename}"\r\n'.encode()
+            )
+            out += f"Content-Type: {field['content_type']}\r\n\r\n".encode()
+            out += _upload_bytes(field["size"]) + b"\r\n"
+        else:
+            out += (
+                f'Content-Disposition: form-data; name="{field["name"]}"\r\n\r\n{field["value"]}\r\n'.encode()
+            )
+    out += f"--{boundary}--\r\n".encode()
+    return out, f"multipart/form-data; boundary={boundary}"
+
+
+async def test_upload_image_cases_match_recording(comfy_server: ComfyServer) -> None:
+    rec = load("upload_image.json")
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        for case in rec["cases"]:
+            if "fields" in case:
+                body, ctype = multipart(
+                    case["fields"], quote="quote_fields=True" in case["client_filename_encoding"]
+                )
+            else:
+                body, ctype = b'{"image": "img0.png"}', "application/json"
+            r = await client.post("/upload/image", content=body, headers={"Content-Type": ctype})
+            got = r.json() if r.status_code == 200 else r.text
+            assert (r.status_code, r.headers.get("content-type"), got) == (
+                case["status"],
+                case["content_type"],
+                case["body"],
+            ), case["case"]
+        for readback in rec["readback_via_view"]:
+            r = await client.get(readback["request"].split(" ", 1)[1])
+            assert (r.status_code, r.headers.get("content-type")) == (
+                readback["status"],
+                readback["content_type"],
+            ), readback["request"]
+            if "body" in readback:
+                assert r.text == readback["body"]
+            if "png_pixel0" in readback:
+                from io import BytesIO
+
+                from PIL import Image
+
+                assert Image.open(BytesIO(r.content)).convert("RGB").getpixel((0, 0)) == tuple(
+                    readback["png_pixel0"]
+                )
+        r = await client.get("/internal/files/input")
+        assert sorted(r.json()) == sorted(rec["internal_files_input_after"]["body"])
+    on_disk = {
+        str(p.relative_to(comfy_server.root))
+        for p in (comfy_server.root / "input").rglob("*")
+        if p.is_file() and p.name != "example.png"
+    }
+    assert on_disk == {e["path"] for e in rec["on_disk_relative_to_comfy_root"]}
+
+
+async def test_view_status_codes_and_headers_match_recording(comfy_server: ComfyServer) -> None:
+    rec = load("view_errors.json")
+    made = rec["output_file_made"]
+    (comfy_server.root / "output" / "accept_00001_.txt").write_text("x", encoding="utf-8")
+    sock = await Socket.connect(comfy_server, "v")
+    await sock.recv()
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        pid = (await post_prompt(client, _slow_prompt("view-sub", "accept_sub/view", 1, 0.0), "v"))[
+            "prompt_id"
+        ]
+        frames = await sock.until_done(pid)
+        executed = next(f for f in frames if f["type"] == "executed")
+        assert executed["data"]["output"]["files"] == [made]
+        for field in (
+            [{"name": "image", "filename": "img0.png", "content_type": "image/png", "size": 75}],
+            [{"name": "image", "filename": "img0.txt", "content_type": "text/plain", "size": 28}],
+        ):
+            body, ctype = multipart([*field, {"name": "subfolder", "value": "lorawf/ds1"}])
+            assert (
+                await client.post("/upload/image", content=body, headers={"Content-Type": ctype})
+            ).status_code == 200
+        for case in rec["cases"]:
+            r = await client.get("/view", params=case["params"])
+            assert r.status_code == case["status"], case["case"]
+            assert len(r.content) == (case["body_length"] if r.status_code != 200 else len(r.content))
+            for header in ("Content-Type", "Content-Disposition"):
+                assert r.headers.get(header) == case["headers"].get(header), (case["case"], header)
+            assert r.headers["Content-Length"] == str(len(r.content))
+            for header in ("ETag", "Last-Modified"):
+                assert (header in r.headers) == (header in case["headers"]), (case["case"], header)
+            if "body" in case and r.status_code == 200:
+                assert r.text == case["body"]
+            if "body_first_bytes_hex" in case:
+                assert r.content[:6].hex() == case["body_first_bytes_hex"][:12]
+        # Range requests are served by aiohttp's FileResponse (clients may resume downloads)
+        r = await client.get("/view", params={**made}, headers={"Range": "bytes=5-"})
+        assert (r.status_code, r.text) == (206, "sub: finished 1 steps")
+    await sock.close()
+
+
+async def test_plain_get_routes_match_recording(comfy_server: ComfyServer) -> None:
+    rec = load("folder_paths.json")
+    root = str(comfy_server.root)
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        for route, answer in rec.items():
+            r = await client.get(route)
+            assert (r.status_code, r.headers.get("content-type")) == (
+                answer["status"],
+                answer["content_type"],
+            ), route
+            body = r.json()
+            want = json.loads(json.dumps(answer["body"]).replace(RECORDED_ROOT, root))
+            if route == "/system_stats":
+                assert body["system"]["comfyui_version"] == "0.3.64"
+                assert set(body["system"]) == set(want["system"]) and set(body["devices"][0]) == set(
+                    want["devices"][0]
+                )
+            elif route == "/internal/files/output":
+                assert body == ["_output_images_will_be_put_here"]
+            elif route == "/internal/files/input":
+                assert body == ["example.png"]
+            else:
+                assert body == want, route
+        assert (
+            await client.get("/api/internal/folder_paths")
+        ).status_code == 404  # /internal is not mirrored
+        for path in ("/api/queue", "/api/history", "/api/object_info/PreviewAny", "/api/system_stats"):
+            assert (await client.get(path)).status_code == 200, path
+        r = await client.get("/models/unet")
+        assert r.status_code == 404
+        assert (await client.get("/models/diffusion_models")).json() == ["flux1-dev.safetensors"]
+        assert (await client.get("/models/text_encoders")).json() == [
+            "clip_l.safetensors",
+            "t5xxl_fp16.safetensors",
+        ]
+        # combo lists follow the model folders, as get_filename_list does
+        (comfy_server.root / "models" / "loras" / "mine.safetensors").write_bytes(b"x")
+        assert (await client.get("/models/loras")).json() == ["mine.safetensors"]
+        info = (await client.get("/object_info/FluxKohyaInferenceSampler")).json()
+        assert info["FluxKohyaInferenceSampler"]["input"]["required"]["lora_name"][0] == ["mine.safetensors"]
+        full = (await client.get("/object_info")).json()
+        assert full["FluxTrainModelSelect"] == load_bundled()["FluxTrainModelSelect"]
+
+
+def load_bundled() -> dict[str, Any]:
+    from lorawf.schema import bundled_object_info
+
+    return bundled_object_info()
+
+
+async def test_origin_check_blocks_cross_origin_requests_to_loopback(comfy_server: ComfyServer) -> None:
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        r = await client.get("/prompt", headers={"Origin": "http://evil.example:8080"})
+        assert (r.status_code, r.content) == (403, b"")
+        r = await client.post("/prompt", json={}, headers={"Origin": "http://evil.example"})
+        assert r.status_code == 403
+        r = await client.get("/prompt", headers={"Origin": comfy_server.url})
+        assert r.status_code == 200
+        r = await client.options("/prompt", headers={"Origin": comfy_server.url})
+        assert (r.status_code, r.content) == (200, b"")
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await websockets.connect(f"{comfy_server.ws_url}/ws?clientId=o", origin="http://evil.example:1")  # type: ignore[arg-type]
+    assert info.value.response.status_code == 403
