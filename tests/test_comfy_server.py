@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import struct
 import uuid
 from pathlib import Path
 from typing import Any
@@ -750,3 +751,214 @@ async def test_origin_check_blocks_cross_origin_requests_to_loopback(comfy_serve
     with pytest.raises(websockets.InvalidStatus) as info:
         await websockets.connect(f"{comfy_server.ws_url}/ws?clientId=o", origin="http://evil.example:1")  # type: ignore[arg-type]
     assert info.value.response.status_code == 403
+
+
+# --- test-control faults ---------------------------------------------------------------------------------
+
+
+async def test_fail_next_modes(comfy_server: ComfyServer) -> None:
+    prompt = _slow_prompt("f", "f", 1, 0.0)
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        comfy_server.control("fail_next", mode="500")
+        r = await client.post("/api/prompt", json={"prompt": prompt})
+        assert (r.status_code, r.headers["content-type"], r.text) == (
+            500,
+            "text/plain; charset=utf-8",
+            "500 Internal Server Error\n\nServer got itself in trouble",
+        )
+        comfy_server.control("fail_next", mode="413")
+        r = await client.post("/prompt", json={"prompt": prompt})
+        assert (r.status_code, r.headers["content-type"], r.text) == (
+            413,
+            "text/plain; charset=utf-8",
+            "Maximum request body size 104857600 exceeded.",
+        )
+        comfy_server.control("fail_next", mode="malformed")
+        r = await client.post("/prompt", json={"prompt": prompt})
+        assert r.status_code == 200
+        with pytest.raises(json.JSONDecodeError):
+            r.json()
+        comfy_server.control("fail_next", route="/history", method="GET", status=502, count=2)
+        assert (await client.get("/history")).status_code == 502
+        assert (await client.get("/api/history")).status_code == 502
+        assert (await client.get("/history")).status_code == 200
+        comfy_server.control("fail_next", route="/queue", method="GET", mode="close")
+        with pytest.raises(httpx.TransportError):
+            await client.get("/queue")
+        # none of the failed POSTs was queued or numbered
+        assert (await client.post("/prompt", json={"prompt": prompt})).json()["number"] == 0
+
+
+async def test_stall_delays_a_route(comfy_server: ComfyServer) -> None:
+    comfy_server.control("stall", route="/queue", method="GET", seconds=3)
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get("/queue", timeout=0.3)
+        assert (await client.get("/queue")).status_code == 200  # the stall was used up
+
+
+async def test_drop_ws_cuts_the_connection_but_the_run_completes(comfy_server: ComfyServer) -> None:
+    comfy_server.control("drop_ws", after_progress=3)
+    sock = await Socket.connect(comfy_server, "d")
+    await sock.recv()
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        pid = (await post_prompt(client, _slow_prompt("d", "d", 10, 0.01), "d"))["prompt_id"]
+        with pytest.raises(websockets.ConnectionClosedError) as info:
+            while True:
+                await sock.recv()
+        assert info.value.rcvd is None  # no close frame: the TCP link just died
+        assert [f["data"]["value"] for f in sock.frames if f["type"] == "progress"] == [1, 2, 3]
+        for _ in range(500):
+            hist = (await client.get(f"/history/{pid}")).json()
+            if hist:
+                break
+            await asyncio.sleep(0.01)
+    assert hist[pid]["status"]["status_str"] == "success"
+
+
+async def test_silence_stops_events_but_history_arrives(comfy_server: ComfyServer) -> None:
+    comfy_server.control("silence", after_progress=2)
+    sock = await Socket.connect(comfy_server, "s")
+    await sock.recv()
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        pid = (await post_prompt(client, _slow_prompt("s", "s", 6, 0.01), "s"))["prompt_id"]
+        for _ in range(500):
+            hist = (await client.get(f"/history/{pid}")).json()
+            if hist:
+                break
+            await asyncio.sleep(0.01)
+        await sock.quiet(0.3)
+    await sock.close()
+    assert hist[pid]["status"]["status_str"] == "success"
+    carrying = [f for f in sock.frames if "prompt_id" in f["data"]]
+    assert [f["data"]["value"] for f in carrying if f["type"] == "progress"] == [1, 2]
+    assert not any(f["type"] in ("execution_success", "executed") for f in carrying)
+    assert sock.frames[-1] == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}}}
+
+
+async def test_restart_forgets_queue_history_and_sockets(comfy_server: ComfyServer) -> None:
+    sock = await Socket.connect(comfy_server, "r")
+    await sock.recv()
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        done = (await post_prompt(client, _slow_prompt("a", "r", 1, 0.0), "r"))["prompt_id"]
+        await sock.until_done(done)
+        running = (await post_prompt(client, _slow_prompt("b", "r", 500, 0.01), "r"))["prompt_id"]
+        await post_prompt(client, _slow_prompt("c", "r", 1, 0.0), "r")
+        while (await sock.recv())["type"] != "progress":
+            pass
+        comfy_server.control("restart")
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await sock.recv()
+        assert (await client.get("/queue")).json() == {"queue_running": [], "queue_pending": []}
+        assert (await client.get("/history")).json() == {}
+        assert (await client.get(f"/history/{running}")).json() == {}
+        sock2 = await Socket.connect(comfy_server, "r")
+        assert (await sock2.recv())["data"]["status"] == {"exec_info": {"queue_remaining": 0}}
+        again = await post_prompt(client, _slow_prompt("d", "r", 1, 0.0), "r")
+        assert again["number"] == 0
+        await sock2.until_done(again["prompt_id"])
+        await sock2.close()
+
+
+async def test_restart_with_downtime_refuses_connections(comfy_server: ComfyServer) -> None:
+    task = asyncio.get_running_loop().run_in_executor(
+        None, lambda: comfy_server.control("restart", downtime=1.5)
+    )
+    await asyncio.sleep(0.5)
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("/queue")
+        await task
+        assert (await client.get("/queue")).status_code == 200
+
+
+@pytest.mark.parametrize("event_type", [1, 4])
+async def test_large_binary_frames_during_a_run(comfy_server: ComfyServer, event_type: int) -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    size = 5 * 1024 * 1024
+    comfy_server.control("binary_frame", event_type=event_type, size=size, after_progress=2)
+    sock = await Socket.connect(comfy_server, "b")
+    await sock.recv()
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        pid = (await post_prompt(client, _slow_prompt("b", "b", 4, 0.0), "b"))["prompt_id"]
+        frames = await sock.until_done(pid)
+    await sock.close()
+    binary = [f for f in frames if isinstance(f, bytes)]
+    assert len(binary) == 1 and len(binary[0]) == size
+    index = frames.index(binary[0])
+    assert frames[index - 1]["type"] == "progress" and frames[index - 1]["data"]["value"] == 2
+    (kind,) = struct.unpack(">I", binary[0][:4])
+    assert kind == event_type
+    if event_type == 1:
+        assert struct.unpack(">I", binary[0][4:8]) == (2,)
+        image = binary[0][8:]
+    else:
+        (meta_len,) = struct.unpack(">I", binary[0][4:8])
+        meta = json.loads(binary[0][8 : 8 + meta_len])
+        assert meta["prompt_id"] == pid and meta["image_type"] == "image/png"
+        image = binary[0][8 + meta_len :]
+    assert Image.open(BytesIO(image)).size == (8, 8)
+
+
+@pytest.mark.parametrize("hostile", ["../../x", "/etc/passwd"])
+async def test_hostile_output_filename_in_executed_and_history(
+    comfy_server: ComfyServer, hostile: str
+) -> None:
+    comfy_server.control("hostile_filename", filename=hostile)
+    sock = await Socket.connect(comfy_server, "h")
+    await sock.recv()
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "h"}},
+    }
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        pid = (await post_prompt(client, prompt, "h"))["prompt_id"]
+        frames = await sock.until_done(pid)
+        hist = (await client.get(f"/history/{pid}")).json()[pid]
+        pid2 = (await post_prompt(client, prompt, "h"))["prompt_id"]
+        await sock.until_done(pid2)
+        hist2 = (await client.get(f"/history/{pid2}")).json()[pid2]
+    await sock.close()
+    executed = next(f for f in frames if f["type"] == "executed")
+    assert executed["data"]["output"]["images"][0]["filename"] == hostile
+    assert hist["outputs"]["2"]["images"][0]["filename"] == hostile
+    assert hist2["outputs"]["2"]["images"][0]["filename"] == "h_00002_.png"  # one-shot
+
+
+async def test_required_auth_on_http_and_ws_handshake(comfy_server_factory: Any) -> None:
+    server = comfy_server_factory(auth_token="s3cret")
+    good = {"Authorization": "Bearer s3cret"}
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        assert (await client.get("/queue")).status_code == 401
+        assert (await client.get("/queue", headers={"Authorization": "Bearer nope"})).status_code == 401
+        assert (await client.get("/queue", headers=good)).status_code == 200
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await websockets.connect(f"{server.ws_url}/ws?clientId=a")
+    assert info.value.response.status_code == 401
+    ws = await websockets.connect(f"{server.ws_url}/ws?clientId=a", additional_headers=good)
+    assert json.loads(await ws.recv())["data"]["sid"] == "a"
+    await ws.close()
+    handshakes = [r for r in server.requests() if r.websocket]
+    assert [r.header("authorization") for r in handshakes] == [None, "Bearer s3cret"]
+    assert all(r.path == "/ws" for r in handshakes)
+    # switched at run time through the control route
+    server.control("require_auth", header="X-Api-Key", value="k")
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        assert (await client.get("/queue", headers=good)).status_code == 401
+        assert (await client.get("/queue", headers={"X-Api-Key": "k"})).status_code == 200
+    server.control("require_auth")
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        assert (await client.get("/queue")).status_code == 200
+
+
+async def test_request_log_records_method_path_and_headers(comfy_server: ComfyServer) -> None:
+    comfy_server.clear_requests()
+    async with httpx.AsyncClient(base_url=comfy_server.url, headers={"X-Trace": "t1"}) as client:
+        await client.get("/api/queue", params={"a": "1"})
+    (entry,) = comfy_server.requests()
+    assert (entry.method, entry.path, entry.query, entry.websocket) == ("GET", "/api/queue", "a=1", False)
+    assert entry.header("x-trace") == "t1"
