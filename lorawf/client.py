@@ -569,6 +569,7 @@ class _Waiter:
         self.inbox = inbox
         self.trouble_since: float | None = None
         self.previews = 0
+        self.getter: asyncio.Future[tuple[str, Any]] | None = None
 
     def emit(self, events: Sequence[Event]) -> None:
         for event in events:
@@ -580,6 +581,12 @@ class _Waiter:
         self.sink(WarningEvent(self.state.prompt_id, code, message))
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.close()
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + self.options.timeout if self.options.timeout else None
@@ -604,10 +611,10 @@ class _Waiter:
                 await self.poll()
                 last_poll = loop.time()
                 continue
-            try:
-                kind, payload = await asyncio.wait_for(self.inbox.get(), wait)
-            except (asyncio.TimeoutError, TimeoutError):
+            item = await self.next_item(wait)
+            if item is None:
                 continue
+            kind, payload = item
             if kind == "msg":
                 events = self.state.feed(payload)
                 self.emit(events)
@@ -628,6 +635,25 @@ class _Waiter:
                 last_poll = last_relevant = loop.time()
             elif kind == "bad":
                 self.warn("bad_message", str(payload))
+
+    async def next_item(self, wait: float) -> tuple[str, Any] | None:
+        """The next inbox item, or ``None`` after ``wait`` seconds.
+
+        ``asyncio.wait`` rather than ``wait_for``: on Python < 3.12, ``wait_for`` can swallow a
+        cancellation (our Ctrl-C) when the item arrives at the same moment.
+        """
+        if self.getter is None:
+            self.getter = asyncio.ensure_future(self.inbox.get())
+        done, _ = await asyncio.wait({self.getter}, timeout=wait)
+        if not done:
+            return None
+        item, self.getter = self.getter.result(), None
+        return item
+
+    def close(self) -> None:
+        if self.getter is not None:
+            self.getter.cancel()
+            self.getter = None
 
     def on_binary(self, frame: bytes) -> None:
         header = parse_binary_frame(frame)
