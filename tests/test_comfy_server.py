@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import struct
 import uuid
 from pathlib import Path
@@ -962,3 +963,155 @@ async def test_request_log_records_method_path_and_headers(comfy_server: ComfySe
     (entry,) = comfy_server.requests()
     assert (entry.method, entry.path, entry.query, entry.websocket) == ("GET", "/api/queue", "a=1", False)
     assert entry.header("x-trace") == "t1"
+
+
+# --- FluxTrainer simulation ------------------------------------------------------------------------------
+
+
+def _flux_graph(dataset_path: str, output_dir: str, max_steps: int) -> dict[str, Any]:
+    graph: dict[str, Any] = load("fluxtrainer_prompt_api.json")
+    graph = copy.deepcopy(graph)
+    graph["3"]["inputs"]["dataset_path"] = dataset_path
+    graph["5"]["inputs"]["output_dir"] = output_dir
+    graph["5"]["inputs"]["max_train_steps"] = max_steps
+    return graph
+
+
+async def _upload_dataset(client: httpx.AsyncClient, subfolder: str, count: int) -> None:
+    for i in range(count):
+        for name, size, ctype in ((f"img{i}.png", 75, "image/png"), (f"img{i}.txt", 28, "text/plain")):
+            body, content_type = multipart(
+                [
+                    {"name": "image", "filename": name, "content_type": ctype, "size": size},
+                    {"name": "subfolder", "value": subfolder},
+                    {"name": "type", "value": "input"},
+                ]
+            )
+            r = await client.post("/upload/image", content=body, headers={"Content-Type": content_type})
+            assert r.json() == {"name": name, "subfolder": subfolder, "type": "input"}
+
+
+async def test_fluxtrainer_with_empty_placeholder_models_fails_as_recorded(comfy_server_factory: Any) -> None:
+    server = comfy_server_factory(models="empty")
+    rec = load("transcript_fluxtrainer.json")
+    cid = str(uuid.uuid4())
+    sock = await Socket.connect(server, cid)
+    await sock.recv()
+    async with httpx.AsyncClient(base_url=server.url) as client:
+        await _upload_dataset(client, "flux_test", 2)
+        graph = copy.deepcopy(rec["prompt"])
+        graph["3"]["inputs"]["dataset_path"] = str(server.root / "input" / "flux_test")
+        graph["5"]["inputs"]["output_dir"] = str(server.root / "flux_trainer_output")
+        pid = (await post_prompt(client, graph, cid))["prompt_id"]
+        frames = await sock.until_done(pid)
+        before = (await client.get("/internal/files/output")).json()
+    await sock.close()
+    expected = recorded_frames(rec)[1:]
+    ids = {pid: "<pid>", cid: "<cid>"}
+    rec_ids = {rec["prompt_id"]: "<pid>", rec["client_id"]: "<cid>"}
+    assert [f["type"] for f in frames] == [f["type"] for f in expected]
+    assert normalize(frames[:-3], ids) == normalize(expected[:-3], rec_ids)
+    err, rec_err = frames[-3]["data"], expected[-3]["data"]
+    for key in ("node_id", "node_type", "exception_message", "exception_type"):
+        assert err[key] == rec_err[key], key
+    assert sorted(err["executed"]) == sorted(rec_err["executed"])
+    assert sorted(err["current_outputs"]) == sorted(rec_err["current_outputs"])
+    assert list(err["current_inputs"]) == list(rec_err["current_inputs"])
+    listing = sorted(os.listdir(server.root / "flux_trainer_output"))
+    assert listing == load("fluxtrainer_history_error.json")["flux_trainer_output_dir_listing"]
+    assert before == ["_output_images_will_be_put_here"]
+
+
+async def test_fluxtrainer_run_with_saves_validation_and_end(comfy_server: ComfyServer) -> None:
+    comfy_server.control("config", step_delay=0.001)
+    graph = _flux_graph("input/lorawf/ds1", "flux_trainer_output", 5)
+    graph["5"]["inputs"]["sample_prompts"] = "a red square | # skipped | a blue square"
+    graph["6"]["inputs"]["steps"] = 3
+    graph["7"] = {
+        "class_type": "FluxTrainSave",
+        "inputs": {"network_trainer": ["6", 0], "save_state": False, "copy_to_comfy_lora_folder": False},
+    }
+    graph["8"] = {"class_type": "FluxTrainLoop", "inputs": {"network_trainer": ["7", 0], "steps": 2}}
+    graph["9"] = {
+        "class_type": "FluxTrainSave",
+        "inputs": {"network_trainer": ["8", 0], "save_state": False, "copy_to_comfy_lora_folder": True},
+    }
+    graph["10"] = {
+        "class_type": "FluxTrainValidationSettings",
+        "inputs": {
+            "steps": 2,
+            "width": 100,
+            "height": 64,
+            "guidance_scale": 3.5,
+            "seed": 42,
+            "shift": True,
+            "base_shift": 0.5,
+            "max_shift": 1.15,
+        },
+    }
+    graph["11"] = {
+        "class_type": "FluxTrainValidate",
+        "inputs": {"network_trainer": ["9", 0], "validation_settings": ["10", 0]},
+    }
+    graph["12"] = {"class_type": "SaveImage", "inputs": {"images": ["11", 1], "filename_prefix": "flux_val"}}
+    graph["13"] = {
+        "class_type": "FluxTrainEnd",
+        "inputs": {"network_trainer": ["11", 0], "save_state": False},
+    }
+    graph["14"] = {"class_type": "PreviewAny", "inputs": {"source": ["7", 1]}}
+    graph["15"] = {"class_type": "PreviewAny", "inputs": {"source": ["13", 2]}}
+    graph["16"] = {"class_type": "PreviewAny", "inputs": {"source": ["13", 1]}}
+    sock = await Socket.connect(comfy_server, "flux")
+    await sock.recv()
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        await _upload_dataset(client, "lorawf/ds1", 2)
+        answer = await post_prompt(client, graph, "flux")
+        frames = await sock.until_done(answer["prompt_id"], timeout=60)
+        entry = (await client.get(f"/history/{answer['prompt_id']}")).json()[answer["prompt_id"]]
+    await sock.close()
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    # dataset: 2 images, batch 1, 1 repeat -> L = 2; loop 6 (3 steps) crosses a pass boundary
+    progress = [
+        (f["data"]["node"], f["data"]["value"], f["data"]["max"]) for f in frames if f["type"] == "progress"
+    ]
+    assert progress == [("6", 1, 3), ("6", 2, 3), ("8", 1, 2)]
+    out = comfy_server.root / "flux_trainer_output"
+    name = "flux_lora_rank4_bf16"
+    assert (out / "flux_lora_args.json").is_file() and (out / "flux_lora_workflow.json").is_file()
+    assert (out / f"{name}-step00003.safetensors").is_file() and (
+        out / f"{name}-step00005.safetensors"
+    ).is_file()
+    assert (out / f"{name}.safetensors").is_file()
+    assert (
+        comfy_server.root / "models" / "loras" / "flux_trainer" / f"{name}-step00005.safetensors"
+    ).is_file()
+    samples = sorted(os.listdir(out / "sample"))
+    assert len(samples) == 2 and all(
+        s.startswith(f"{name}_e000003_0") and s.endswith("_42.png") for s in samples
+    )
+    assert entry["outputs"]["14"] == {"text": [f"flux_trainer_output/{name}-step00003.safetensors"]}
+    assert entry["outputs"]["15"] == {"text": [f"flux_trainer_output/{name}.safetensors"]}
+    assert json.loads(entry["outputs"]["16"]["text"][0])["ss_steps"] == "5"
+    images = entry["outputs"]["12"]["images"]
+    assert [i["filename"] for i in images] == ["flux_val_00001_.png", "flux_val_00002_.png"]
+    from PIL import Image
+
+    with Image.open(comfy_server.root / "output" / "flux_val_00001_.png") as img:
+        assert img.size == (96, 64)
+    assert not any(f["type"] == "executed" and f["data"]["node"] in ("5", "6", "7", "13") for f in frames)
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        loras = (await client.get("/models/loras")).json()
+    assert loras == [f"flux_trainer/{name}-step00005.safetensors"]
+
+
+async def test_fluxtrainer_empty_dataset_folder_fails_in_dataset_add(comfy_server: ComfyServer) -> None:
+    (comfy_server.root / "input" / "empty_ds").mkdir()
+    sock = await Socket.connect(comfy_server, "e")
+    await sock.recv()
+    async with httpx.AsyncClient(base_url=comfy_server.url) as client:
+        pid = (await post_prompt(client, _flux_graph("input/empty_ds", "out", 2), "e"))["prompt_id"]
+        frames = await sock.until_done(pid)
+    await sock.close()
+    err = frames[-3]["data"]
+    assert (err["node_type"], err["exception_type"]) == ("TrainDatasetAdd", "ValueError")
+    assert "no image files found" in err["exception_message"]
