@@ -9,7 +9,7 @@ from lorawf.patch import PatchOptions, PatchResult, patch_workflow
 from lorawf.plan import PlanOverrides, TrainingPlan, plan_training
 from lorawf.schema import SchemaSet, bundled_schemas
 from lorawf.templates import bundled_template_path
-from lorawf.workflow_io import as_api_workflow, dumps_workflow, read_json
+from lorawf.workflow_io import dumps_workflow, load_workflow
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,10 @@ class BuiltWorkflow:
 
 
 def load_template(path: Path | None = None) -> tuple[Path, dict[str, object]]:
-    """Read an API-format template (the bundled one by default)."""
+    """Read a template (the bundled one by default); a UI-format export is converted to API format."""
     template_path = path or bundled_template_path()
-    return template_path, as_api_workflow(read_json(template_path), str(template_path))
+    workflow, _was_ui = load_workflow(template_path, bundled_schemas())
+    return template_path, workflow
 
 
 def build_workflow(

@@ -91,7 +91,7 @@ def _echo_plan_summary(plan: TrainingPlan) -> None:
 @plan_options
 @click.option("--template", type=click.Path(path_type=Path), help="API-format template (default: bundled).")
 @click.option("--server-dataset-path", help="Dataset folder on the GPU host (default: DATASET's absolute path).")
-@click.option("--server-output-dir", help="Folder on the GPU host for checkpoints (InitFluxLoRATraining.output_dir).")
+@click.option("--checkpoint-dir", help="Folder on the GPU host for the LoRA checkpoints (InitFluxLoRATraining.output_dir).")
 @click.option("--output-name", help="LoRA file-name stem (default: from the template, with the token).")
 @click.option("--set", "sets", multiple=True, metavar="NODE.input=VALUE",
               help="Set any other input by node id or class_type, typed from the node schema. Repeatable.")
@@ -99,7 +99,7 @@ def _echo_plan_summary(plan: TrainingPlan) -> None:
 @click.option("-o", "--output", default="-", show_default=True, help="Output file, or - for stdout.")
 def patch_command(
     dataset: Path | None, token: str, images: int | None, template: Path | None,
-    server_dataset_path: str | None, server_output_dir: str | None, output_name: str | None,
+    server_dataset_path: str | None, checkpoint_dir: str | None, output_name: str | None,
     sets: tuple[str, ...], emit_patch: Path | None, output: str, **kwargs: Any,
 ) -> None:
     """Write a patched training workflow for DATASET (or --images N)."""
@@ -110,7 +110,7 @@ def patch_command(
     count, summary = resolve_images(dataset, images)
     if server_dataset_path is None and dataset is not None:
         server_dataset_path = str(dataset.resolve()) if images is None else str(dataset)
-    options = PatchOptions(token, server_dataset_path, server_output_dir, output_name, sets)
+    options = PatchOptions(token, server_dataset_path, checkpoint_dir, output_name, sets)
     built = build_workflow(count, options, overrides_from(kwargs), template)
     if summary:
         click.echo(summary, err=True)
@@ -147,7 +147,7 @@ def regen_command(presets: Path, check: bool) -> None:
             checkpoint_interval=v.get("interval"), batch_size=v.get("batch"), num_repeats=v.get("repeats"),
         )
         options = PatchOptions(
-            str(v["token"]), v.get("server_dataset_path"), v.get("server_output_dir"), v.get("output_name"),
+            str(v["token"]), v.get("server_dataset_path"), v.get("checkpoint_dir"), v.get("output_name"),
             tuple(v.get("set", ())),
         )
         try:
@@ -177,6 +177,8 @@ def regen_command(presets: Path, check: bool) -> None:
         preset.output.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(preset.output, new)
         click.echo(f"wrote {preset.output}")
+    if check and not drifted:
+        click.echo(f"all workflow files from {presets} are up to date")
     if drifted:
         raise DriftFound(f"{len(drifted)} workflow file(s) out of date; run `lorawf regen --presets {presets}`")
 

@@ -231,10 +231,12 @@ def settings_from(server: str | None, headers: tuple[str, ...], ca_bundle: str |
 @click.argument("workflow", type=click.Path(dir_okay=True, path_type=Path))
 @server_options
 @click.option("--no-wait", is_flag=True, help="Queue the prompt, print its id and exit.")
+@click.option("--no-preflight", is_flag=True,
+              help="Do not check the workflow against the server's node schemas before posting.")
 @wait_options
 def submit_cmd(workflow: Path, server: str | None, headers: tuple[str, ...], ca_bundle: str | None,
-               insecure: bool, no_wait: bool, json_mode: bool, download: Path | None, timeout: float | None,
-               previews: Path | None, verbose: bool) -> None:
+               insecure: bool, no_wait: bool, no_preflight: bool, json_mode: bool, download: Path | None,
+               timeout: float | None, previews: Path | None, verbose: bool) -> None:
     """Submit an API-format WORKFLOW and follow it to the end.
 
     \b
@@ -243,11 +245,34 @@ def submit_cmd(workflow: Path, server: str | None, headers: tuple[str, ...], ca_
     one is removed from the queue, a running one is interrupted by its id. Exit codes: 0 success,
     1 run failed or interrupted, 4 rejected, 5 unreachable/protocol error/prompt lost, 130 cancelled.
     """
-    from lorawf.workflow_io import as_api_workflow, read_json
-
     settings = settings_from(server, headers, ca_bundle, insecure)
-    graph = as_api_workflow(read_json(workflow), str(workflow))
+    graph = load_and_preflight(settings, workflow, no_preflight)
     run_submission(settings, graph, SubmitOptions(not no_wait, json_mode, download, timeout, previews, verbose))
+
+
+def preflight_or_warn(settings: ServerSettings, graph: Mapping[str, Any], source: str,
+                      schemas: Any = None) -> None:
+    """Refuse (exit 4) a workflow the live server would reject; warn about what it would silently ignore."""
+    from lorawf.preflight import gate
+    from lorawf.schema_cache import server_schemas
+
+    for problem in gate(graph, schemas or server_schemas(settings), source):
+        click.echo(f"warning: {problem.render(source)}", err=True)
+
+
+def load_and_preflight(settings: ServerSettings, path: Path, no_preflight: bool) -> dict[str, Any]:
+    """Read an API- or UI-format workflow (UI converted with the server's schemas) and preflight it."""
+    from lorawf.schema import bundled_schemas
+    from lorawf.schema_cache import server_schemas
+    from lorawf.workflow_io import load_workflow
+
+    schemas = bundled_schemas() if no_preflight else server_schemas(settings)
+    graph, was_ui = load_workflow(path, schemas)
+    if was_ui:
+        click.echo(f"{path}: UI-format workflow converted to API format", err=True)
+    if not no_preflight:
+        preflight_or_warn(settings, graph, str(path), schemas)
+    return graph
 
 
 @click.command("watch")

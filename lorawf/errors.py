@@ -78,6 +78,10 @@ class ServerRejected(LorawfError):
     """The server answered ``POST /prompt`` with 400 (or refused an upload)."""
 
 
+class PreflightRejected(ServerRejected):
+    """Preflight found problems the server would reject the workflow for; nothing was queued."""
+
+
 # --- server unreachable or protocol failure (exit 5) ---
 class ServerError(LorawfError):
     """The server could not be reached or answered in a way that breaks the protocol."""

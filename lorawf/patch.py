@@ -45,7 +45,7 @@ PLANNED_INPUTS: dict[tuple[str, str], str] = {
     (INIT, "network_dim"): "--dim",
     (INIT, "network_alpha"): "--alpha",
     (INIT, "output_name"): "--output-name",
-    (INIT, "output_dir"): "--server-output-dir",
+    (INIT, "output_dir"): "--checkpoint-dir",
     (INIT, "sample_prompts"): "the prompts node",
     ("TrainDatasetAdd", "batch_size"): "--batch",
     ("TrainDatasetAdd", "num_repeats"): "--repeats",
@@ -65,6 +65,7 @@ class PatchOptions:
     output_dir: str | None = None
     output_name: str | None = None
     sets: tuple[str, ...] = ()
+    image_prefix: str | None = None  # SaveImage folder for validation images (default: output_name)
 
 
 @dataclass(frozen=True)
@@ -333,7 +334,7 @@ def _block_title(cls: str, prototype_title: str, start: int, end: int, index: in
     return f"{base} @ step {end}"
 
 
-def _rebuild_chain(workflow: Workflow, roles: Roles, plan: TrainingPlan, output_name: str) -> list[str]:
+def _rebuild_chain(workflow: Workflow, roles: Roles, plan: TrainingPlan, image_prefix: str) -> list[str]:
     """Replace the template's blocks by one block per checkpoint; returns the new block node ids."""
     prototype = roles.blocks[0]
     if len(prototype.nodes) > BLOCK_SLOTS:
@@ -363,7 +364,7 @@ def _rebuild_chain(workflow: Workflow, roles: Roles, plan: TrainingPlan, output_
                 node["inputs"]["network_trainer"] = [previous, 0]
                 node["inputs"]["steps"] = steps
             if cls == "SaveImage" and "filename_prefix" in node.get("inputs", {}):
-                node["inputs"]["filename_prefix"] = f"{output_name}/val_step{end_step:05d}"
+                node["inputs"]["filename_prefix"] = f"{image_prefix}/val_step{end_step:05d}"
             proto_title = str((node.get("_meta") or {}).get("title", ""))
             node["_meta"] = {"title": _block_title(cls, proto_title, start, end_step, index, count)}
             workflow[mapping[old_id]] = node
@@ -529,7 +530,7 @@ def patch_workflow(
     if options.output_dir is not None:
         out_dir = options.output_dir.strip()
         if not out_dir:
-            raise OverrideError("--server-output-dir is empty: give a folder on the GPU host")
+            raise OverrideError("--checkpoint-dir is empty: give a folder on the GPU host")
         _set(target, schemas, init, "output_dir", out_dir)
 
     if roles.optimizer is not None:
@@ -567,7 +568,10 @@ def patch_workflow(
         )
     target[prompts_node]["inputs"][prompts_input] = _substitute(prompts, token)
 
-    _rebuild_chain(target, roles, plan, output_name)
+    image_prefix = (options.image_prefix or output_name).strip("/")
+    if not image_prefix or "\\" in image_prefix or ".." in image_prefix.split("/"):
+        raise OverrideError(f"validation image prefix {options.image_prefix!r}: expected a relative folder")
+    _rebuild_chain(target, roles, plan, image_prefix)
     for nid, node in target.items():
         if node["class_type"] in (SAVE, END) and "save_state" in _schema(schemas, target, nid).inputs:
             node["inputs"]["save_state"] = False  # FluxTrainEnd defaults to true: a multi-GB state folder

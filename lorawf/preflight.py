@@ -533,3 +533,27 @@ def raise_if_problems(workflow: Any, schemas: SchemaSet, source: str) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more; see `lorawf validate {source}`)" if len(problems) > 1 else ""
         raise ValidationFailed(problems[0].render(source) + more)
+
+
+# Problems the server lets through: worth a warning before submitting, not a refusal.
+SILENT_TYPES = frozenset({"undeclared_input", "loop_steps_mismatch", "loop_overshoot"})
+
+
+def gate(workflow: Any, schemas: SchemaSet, source: str) -> list[Problem]:
+    """The check ``submit`` and ``run`` make before posting.
+
+    Raises :class:`~lorawf.errors.PreflightRejected` (exit 4, nothing queued) naming every problem the
+    server would reject; returns the problems it would let through silently, for the caller to warn about.
+    """
+    from lorawf.errors import PreflightRejected
+
+    problems = preflight(workflow, schemas)
+    doomed = [p for p in problems if p.type not in SILENT_TYPES]
+    if doomed:
+        lines = render_lines(doomed, source)
+        raise PreflightRejected(
+            f"preflight: the server would reject {source} ({len(doomed)} problem(s)); nothing was queued:\n  "
+            + "\n  ".join(lines),
+            hint=None,
+        )
+    return [p for p in problems if p.type in SILENT_TYPES]

@@ -16,7 +16,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PRESET_KEYS = {
-    "name", "output", "template", "images", "token", "server_dataset_path", "server_output_dir", "output_name",
+    "name", "output", "template", "images", "token", "server_dataset_path", "checkpoint_dir", "output_name",
     "dim", "alpha", "lr", "steps", "steps_per_image", "interval", "batch", "repeats", "set",
 }
 

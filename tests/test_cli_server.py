@@ -125,15 +125,35 @@ def test_submit_failed_run_exits_1(comfy_server: Any, tmp_path: Path) -> None:
 
 def test_submit_rejected_exits_4_with_node_errors(comfy_server: Any, tmp_path: Path) -> None:
     wf = workflow_file(tmp_path, 20000)
-    proc = lorawf("submit", str(wf), "--server", comfy_server.url)
+    proc = lorawf("submit", str(wf), "--server", comfy_server.url, "--no-preflight")
     assert_one_line_reason(proc, 4, "prompt rejected (HTTP 400, prompt_outputs_failed_validation)")
     assert '  node 1 AcceptSlowSteps "Slow steps" (blocks output 2):' in proc.stderr
     assert "Value 20000 bigger than max of 10000: steps" in proc.stderr
-    proc = lorawf("submit", str(wf), "--server", comfy_server.url, "--json")
+    proc = lorawf("submit", str(wf), "--server", comfy_server.url, "--json", "--no-preflight")
     events = ndjson(proc.stdout)
     assert proc.returncode == 4 and events[-1]["outcome"] == "rejected" and events[-1]["exit_code"] == 4
     error = next(e for e in events if e["event"] == "error")
     assert error["node_errors"][0]["input_name"] == "steps" and error["node_errors"][0]["received"] == 20000
+
+
+def test_preflight_refuses_a_doomed_workflow_before_posting(comfy_server: Any, tmp_path: Path) -> None:
+    proc = lorawf("submit", str(workflow_file(tmp_path, 20000)), "--server", comfy_server.url)
+    assert proc.returncode == 4, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "preflight: the server would reject" in proc.stderr and "nothing was queued" in proc.stderr
+    assert "steps" in proc.stderr and "10000" in proc.stderr
+    posted = [r for r in comfy_server.requests() if r.method == "POST" and r.path.endswith("/prompt")]
+    assert posted == []  # a doomed workflow is never queued
+
+
+def test_preflight_warns_about_inputs_the_server_would_ignore(comfy_server: Any, tmp_path: Path) -> None:
+    path = workflow_file(tmp_path)
+    graph = json.loads(path.read_text())
+    graph["1"]["inputs"]["stepz"] = 3  # a typo the server silently drops
+    path.write_text(json.dumps(graph))
+    proc = lorawf("submit", str(path), "--server", comfy_server.url)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning:" in proc.stderr and "stepz" in proc.stderr
 
 
 @pytest.mark.parametrize(("mode", "needle"), [("500", "server error (HTTP 500)"), ("413", "HTTP 413"),
