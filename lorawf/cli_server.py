@@ -86,13 +86,16 @@ def outcome_of(error: BaseException) -> str:
 class _Recorder:
     """Wraps a display: remembers the prompt id, and renders a rejection as an ``error`` event."""
 
-    def __init__(self, display: Callable[[Event], None]) -> None:
+    def __init__(self, display: Callable[[Event], None], observer: Callable[[Event], None] | None = None) -> None:
         self.display = display
+        self.observer = observer
         self.prompt_id: str | None = None
 
     def __call__(self, event: Event) -> None:
         if event.prompt_id and self.prompt_id is None or isinstance(event, Queued):
             self.prompt_id = event.prompt_id
+        if self.observer is not None:
+            self.observer(event)
         self.display(event)
 
 
@@ -107,6 +110,10 @@ class SubmitOptions:
     previews: Path | None = None
     verbose: bool = False
     extra_data: Mapping[str, Any] | None = None
+    #: sees every event before the display (``lorawf run`` collects outputs with it)
+    observer: Callable[[Event], None] | None = None
+    #: runs after the wait ends, success or not, before the final ``done`` event; returns download problems
+    after_run: Callable[[RunResult | None, LorawfError | None, Callable[[Event], None]], list[str]] | None = None
 
 
 def _finish(recorder: _Recorder, display: Any, settings: ServerSettings, result: RunResult | None,
@@ -123,15 +130,15 @@ def _finish(recorder: _Recorder, display: Any, settings: ServerSettings, result:
     display.close()
 
 
-def _conclude(result: RunResult, settings: ServerSettings, download: Path | None, sink: Callable[[Event], None]
-              ) -> None:
+def _conclude(result: RunResult, settings: ServerSettings, download: Path | None, sink: Callable[[Event], None],
+              problems: list[str] | None = None) -> None:
     """Download outputs if asked, then turn a failed/interrupted run into :class:`RunFailed`."""
     from lorawf.client import download_outputs
     from lorawf.errors import ProtocolError
 
-    problems: list[str] = []
+    problems = list(problems or [])
     if download is not None and result.files:
-        problems = run_async(lambda: download_outputs(settings, result.files, download, sink, result.prompt_id))
+        problems += run_async(lambda: download_outputs(settings, result.files, download, sink, result.prompt_id))
     if result.outcome in ("failed", "interrupted"):
         raise RunFailed(result.message)
     if problems:
@@ -154,16 +161,30 @@ def run_submission(settings: ServerSettings, workflow: Mapping[str, Any], option
     if out is None and not options.wait and not options.json_mode:
         out = sys.stderr  # stdout gets only the prompt id, for scripts
     display = make_display(options.json_mode, settings.secret_values(), options.verbose, out)
-    recorder = _Recorder(display)
+    recorder = _Recorder(display, options.observer)
     wait_options = WaitOptions.from_env(timeout=options.timeout, previews_dir=options.previews)
     result: RunResult | None = None
+    error: LorawfError | None = None
     try:
         result = run_async(lambda: submit_and_wait(settings, workflow, recorder, wait=options.wait,
                                                    options=wait_options, extra_data=options.extra_data))
-        _conclude(result, settings, options.download, recorder)
     except LorawfError as err:
-        _finish(recorder, display, settings, result, err, result.files if result else [])
-        raise
+        error = err
+    problems: list[str] = []
+    if options.after_run is not None:
+        try:
+            problems = options.after_run(result, error, recorder)
+        except LorawfError as err:
+            error = error or err
+    if error is None and result is not None:
+        try:
+            _conclude(result, settings, options.download, recorder, problems)
+        except LorawfError as err:
+            error = err
+    if error is not None or result is None:
+        assert error is not None
+        _finish(recorder, display, settings, result, error, result.files if result else [])
+        raise error
     _finish(recorder, display, settings, result, None, result.files)
     if not options.wait and not options.json_mode:
         click.echo(result.prompt_id)
@@ -337,4 +358,64 @@ def cancel_cmd(prompt_id: str, server: str | None, headers: tuple[str, ...], ca_
         click.echo(message)
 
 
-COMMANDS.extend([submit_cmd, watch_cmd, queue_cmd, cancel_cmd])
+def _plan_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    from lorawf.cli_offline import plan_options
+
+    return plan_options(func)
+
+
+@click.command("run")
+@click.argument("dataset", required=False, type=click.Path(path_type=Path))
+@click.option("--token", required=True, help="Trigger token that replaces STYLE_TOKEN (class_tokens, prompts).")
+@_plan_options
+@click.option("--upload", is_flag=True, help="Upload the dataset's images and captions to the server first.")
+@click.option("--server-dataset-path", help="Dataset folder that already exists on the GPU host (no upload).")
+@click.option("--server-input-dir", help="ComfyUI's input folder on the GPU host (default: learned from the server).")
+@click.option("--server-output-dir", help="ComfyUI's output folder on the GPU host (default: learned from the server).")
+@click.option("--template", type=click.Path(path_type=Path), help="Workflow template (default: bundled).")
+@click.option("--set", "sets", multiple=True, metavar="NODE.input=VALUE", help="Set any other input. Repeatable.")
+@click.option("--download", "download_root", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("lorawf-runs"), show_default=True,
+              help="Local folder; each run gets its own subfolder with run.json, checkpoints, validation images.")
+@click.option("--download-as-you-go", is_flag=True, help="Fetch each checkpoint as soon as it is written.")
+@click.option("--name", help="Run name (default: TOKEN-<N>img-<UTC date-time>, unique).")
+@click.option("--no-preflight", is_flag=True, help="Do not check the workflow against the server's schemas.")
+@server_options
+@click.option("--json", "json_mode", is_flag=True, help="NDJSON events (schema lorawf.event/1).")
+@click.option("--timeout", type=float, default=None, metavar="S", help="Give up waiting after S seconds.")
+@click.option("--verbose", "-v", is_flag=True, help="Show server tracebacks of failed nodes.")
+def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, server_dataset_path: str | None,
+            server_input_dir: str | None, server_output_dir: str | None, template: Path | None,
+            sets: tuple[str, ...], download_root: Path, download_as_you_go: bool, name: str | None,
+            no_preflight: bool, server: str | None, headers: tuple[str, ...], ca_bundle: str | None,
+            insecure: bool, json_mode: bool, timeout: float | None, verbose: bool, **kwargs: Any) -> None:
+    """Plan, patch, submit and follow a training run for DATASET; download its LoRA files.
+
+    \b
+    lorawf run ./my_style --token mystyle --server http://gpu:8188 --upload
+    leaves lorawf-runs/<run>/ with checkpoints/, validation/, contact_sheet.png and run.json.
+    """
+    from lorawf.cli_offline import overrides_from
+    from lorawf.runner import RunRequest, execute_run
+
+    settings = settings_from(server, headers, ca_bundle, insecure)
+    request = RunRequest(
+        token=token, dataset=dataset, images=images, overrides=overrides_from(kwargs), template=template,
+        sets=sets, upload=upload, server_dataset_path=server_dataset_path, server_input_dir=server_input_dir,
+        server_output_dir=server_output_dir, download_root=download_root, download_as_you_go=download_as_you_go,
+        preflight=not no_preflight, name=name,
+    )
+    secrets = settings.secret_values()
+
+    def echo(line: str) -> None:
+        click.echo(scrub(line, secrets), err=True)
+
+    def json_echo(obj: dict[str, Any]) -> None:
+        click.echo(json.dumps({"schema": "lorawf.event/1", "prompt_id": None, **obj}))
+
+    run_dir = execute_run(settings, request, SubmitOptions(True, json_mode, None, timeout, None, verbose), echo,
+                          json_echo if json_mode else None)
+    echo(f"run folder: {run_dir}")
+
+
+COMMANDS.extend([submit_cmd, watch_cmd, queue_cmd, cancel_cmd, run_cmd])

@@ -386,6 +386,69 @@ class ComfyClient:
         """POSTs that answer an empty 200 (``/queue``, ``/interrupt``): never parse their body."""
         await self.request("POST", path, json=dict(body))
 
+    async def upload(self, local: Path, name: str, subfolder: str, *, kind: str = "input",
+                     overwrite: bool = True) -> dict[str, Any]:
+        """``POST /upload/image`` of one local file under a name the caller has checked; streams the file.
+
+        A refusal (4xx) is :class:`ServerRejected`; the answer must echo our name and subfolder, since
+        the server renames on a clash (``name (1).png``), which would break the dataset's captions.
+        """
+        what = f"POST /upload/image {name!r}"
+        data = {"subfolder": subfolder, "type": kind}
+        if overwrite:
+            data["overwrite"] = "true"
+        try:
+            with open(local, "rb") as handle:  # noqa: ASYNC230 - httpx streams the file in chunks
+                resp = await self.http.post("/upload/image", data=data,
+                                            files={"image": (name, handle, "application/octet-stream")})
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc, what) from None
+        if 400 <= resp.status_code < 500:
+            excerpt = _body_excerpt(resp, self.settings)
+            raise ServerRejected(f"{what}: the server refused the upload (HTTP {resp.status_code})"
+                                 + (f": {excerpt}" if excerpt else ""))
+        self.check_status(resp, what)
+        body = self.json_of(resp, what)
+        if not isinstance(body, Mapping) or body.get("name") != name or body.get("subfolder") != subfolder:
+            raise ProtocolError(f"{what}: the server stored it as {body!r}, not as {name!r} in {subfolder!r}")
+        return dict(body)
+
+    async def remote_size(self, filename: str, subfolder: str, kind: str = "input") -> int | None:
+        """Size of a file the server holds (via a one-byte ranged ``/view``), or ``None`` if it has none."""
+        params = {"filename": filename, "subfolder": subfolder, "type": kind}
+        what = f"GET /view {filename!r}"
+        try:
+            async with self.http.stream("GET", "/view", params=params, headers={"Range": "bytes=0-0"}) as resp:
+                if resp.status_code == 404:
+                    return None
+                self.check_status(resp, what)
+                rng = resp.headers.get("Content-Range", "")
+                if resp.status_code == 206 and "/" in rng and rng.rsplit("/", 1)[1].isdigit():
+                    return int(rng.rsplit("/", 1)[1])
+                length = resp.headers.get("Content-Length")
+                return int(length) if length and length.isdigit() else None
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc, what) from None
+
+    async def read_small(self, filename: str, subfolder: str, kind: str = "input",
+                         limit: int = 8 << 20) -> bytes | None:
+        """A small server file's bytes (e.g. a manifest), ``None`` if it does not exist."""
+        params = {"filename": filename, "subfolder": subfolder, "type": kind}
+        what = f"GET /view {filename!r}"
+        try:
+            async with self.http.stream("GET", "/view", params=params) as resp:
+                if resp.status_code == 404:
+                    return None
+                self.check_status(resp, what)
+                data = b""
+                async for chunk in resp.aiter_bytes():
+                    data += chunk
+                    if len(data) > limit:
+                        raise ProtocolError(f"{what}: larger than {limit} bytes")
+                return data
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc, what) from None
+
 
 # ------------------------------------------------------------------------------------- websocket
 
@@ -958,9 +1021,13 @@ def _place(part: Path, final: Path) -> tuple[Path, str]:
     raise OSError(f"cannot find a free name for {final}")
 
 
-async def download_file(client: ComfyClient, ref: OutputFile, dest: Path, prompt_id: str) -> Download:
-    """Stream one output via ``/view`` into ``dest`` (flat memory; resumable ``.part``; no overwrite)."""
-    final = local_path(dest, ref.subfolder, ref.filename, ref.type)
+async def download_file(client: ComfyClient, ref: OutputFile, dest: Path, prompt_id: str,
+                        local: Path | None = None) -> Download:
+    """Stream one output via ``/view`` into ``dest`` (flat memory; resumable ``.part``; no overwrite).
+
+    ``local`` (inside ``dest``) overrides the default local path ``dest/<subfolder>/<filename>``.
+    """
+    final = local if local is not None else local_path(dest, ref.subfolder, ref.filename, ref.type)
     final.parent.mkdir(parents=True, exist_ok=True)
     if not is_within(final.parent.resolve(), Path(dest).resolve()):
         raise UnsafePath(f"{ref.subfolder!r} leads outside {dest} (symlink)")
@@ -1037,6 +1104,19 @@ async def fetch_object_info(settings: ServerSettings) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ProtocolError("GET /object_info: expected a JSON object")
     return body
+
+
+async def fetch_server_facts(settings: ServerSettings) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``/system_stats`` and ``/internal/folder_paths`` (``None`` when the server does not offer the latter)."""
+    async with ComfyClient(settings) as client:
+        stats = await client.get_json("/system_stats")
+        try:
+            paths = await client.get_json("/internal/folder_paths")
+        except ProtocolError:
+            paths = None
+    if not isinstance(stats, dict):
+        raise ProtocolError("GET /system_stats: expected a JSON object")
+    return stats, paths if isinstance(paths, dict) else None
 
 
 async def fetch_system_stats(settings: ServerSettings) -> dict[str, Any]:
