@@ -1055,7 +1055,7 @@ async def download_file(client: ComfyClient, ref: OutputFile, dest: Path, prompt
             expected = resp.headers.get("Content-Length")
             written = 0
             with open(part, mode) as handle:  # noqa: ASYNC230 - local disk, chunked: fine for a CLI
-                async for chunk in resp.aiter_bytes(1 << 20):
+                async for chunk in resp.aiter_bytes():  # as received: a cut keeps what arrived
                     handle.write(chunk)
                     written += len(chunk)
                 handle.flush()

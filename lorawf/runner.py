@@ -18,12 +18,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lorawf.errors import LorawfError, UsageError
+from lorawf.errors import LorawfError, ProtocolError, ServerUnreachable, UsageError
 from lorawf.events import Download, Event, Output, OutputFile, Started, WarningEvent
 from lorawf.patch import PatchOptions
 from lorawf.plan import PlanOverrides
 from lorawf.server_settings import ServerSettings
 
+DOWNLOAD_ATTEMPTS = 4
 Echo = Callable[[str], None]
 Sink = Callable[[Event], None]
 
@@ -148,7 +149,16 @@ async def download_all(settings: ServerSettings, run_dir: Path, refs: Sequence[t
         for ref, role in refs:
             try:
                 target = local_target(run_dir, ref, role)
-                sink(await download_file(client, ref, run_dir, prompt_id or "", local=target))
+                for attempt in range(DOWNLOAD_ATTEMPTS):
+                    try:
+                        sink(await download_file(client, ref, run_dir, prompt_id or "", local=target))
+                        break
+                    except (ServerUnreachable, ProtocolError) as exc:
+                        # a dropped connection leaves a .part file: the next attempt resumes it (Range)
+                        if attempt + 1 == DOWNLOAD_ATTEMPTS:
+                            raise
+                        sink(WarningEvent(prompt_id, "download_retry", f"{ref.filename}: {exc}; resuming"))
+                        await asyncio.sleep(0.5 * (attempt + 1))
             except UnsafePath as exc:
                 problems.append(f"unsafe output name from server refused: {exc}")
                 sink(WarningEvent(prompt_id, "unsafe_filename", f"not downloaded: {exc}"))
@@ -265,8 +275,9 @@ def execute_run(settings: ServerSettings, request: RunRequest, submit: Any, echo
         rec: RunRecord = state["record"]
         prompt_id = result.prompt_id if result is not None else getattr(error, "prompt_id", None)
         outcome = outcome_from_event(result.outcome if result is not None else _outcome_of(error))
+        reason = str(error) if error is not None else (result.message if outcome != "success" else "")
         rec = replace(rec, prompt_id=prompt_id or rec.prompt_id, outcome=outcome,
-                      error=str(error).splitlines()[0] if error is not None else None,
+                      error=reason.splitlines()[0] if reason else None,
                       timings=replace(rec.timings, submitted=rec.timings.submitted or created,
                                       started=collector.started_at, finished=utc_now()))
         try:

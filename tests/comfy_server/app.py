@@ -383,8 +383,29 @@ def make_middlewares(state: ServerState) -> list[Any]:
                     if request.transport is not None:
                         request.transport.abort()
                     return web.Response(status=500)
+                if mode == "truncate":
+                    return await _truncated(request, await handler(request))
                 return web.Response(status=int(action.get("status", 500)))
         return await handler(request)
+
+    async def _truncated(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+        """Send the headers and half of a file, then drop the connection (a download cut mid-way)."""
+        path = getattr(resp, "_path", None)
+        if path is None:
+            return resp
+        st = os.stat(path)
+        data = Path(path).read_bytes()  # small test files only
+        out = web.StreamResponse(status=200, headers={
+            "Content-Length": str(len(data)),
+            "Content-Type": "application/octet-stream",
+            "ETag": f'"{st.st_mtime_ns:x}-{st.st_size:x}"',  # aiohttp FileResponse's ETag, so If-Range matches
+        })
+        await out.prepare(request)
+        await out.write(data[: len(data) // 2])
+        await asyncio.sleep(0.05)
+        if request.transport is not None:
+            request.transport.abort()
+        return out
 
     @web.middleware
     async def origin_only_middleware(request: web.Request, handler: Any) -> web.StreamResponse:

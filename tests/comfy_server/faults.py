@@ -7,7 +7,8 @@ Control kinds handled here (parameters with their defaults):
     matches any) with: ``mode="500"`` aiohttp's plain-text 500 page; ``"413"`` the plain-text
     ``Maximum request body size 104857600 exceeded.``; ``"malformed"`` a 200 whose JSON body is cut
     off; ``"close"`` the TCP connection dropped without an answer; ``"status"`` an empty answer
-    with ``status``.
+    with ``status``; ``"truncate"`` (file routes such as ``/view``) the headers and half of the file,
+    then the connection dropped.
 ``stall``  route="/prompt", method="POST", seconds=1.0, count=1
     Delay the next matching requests by ``seconds``, then answer normally.
 ``drop_ws``  after_progress=1, client_id=None
