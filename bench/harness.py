@@ -187,6 +187,9 @@ def run_process(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: P
                 capture: bool = False) -> ProcessRun:
     """Run ``cmd`` to completion; wall time from spawn to exit, CPU and peak RSS from ``wait4``.
 
+    The peak RSS is only meaningful while this process is small: Linux folds the parent's high-water mark
+    into a vfork+exec'd child's ``ru_maxrss`` (cases that measure memory read ``VmHWM`` in the child).
+
     Captured output goes through temporary files, not pipes, so that ``wait4`` (not ``communicate``) reaps
     the child and its resource usage is ours to read.
     """
