@@ -97,11 +97,12 @@ def test_bad_template_is_refused_without_touching_the_output(tmp_path: Path) -> 
     assert out.read_text() == "precious"
 
 
-def test_ui_format_template_is_recognised(tmp_path: Path) -> None:
-    ui = tmp_path / "ui.json"
-    ui.write_text(json.dumps({"nodes": [], "links": [], "version": 0.4}))
-    code, _, err = run("patch", "--images", "43", "--token", "ink", "--template", str(ui))
-    assert code == 3 and "UI-format" in err
+def test_ui_format_template_is_converted_then_checked_by_role() -> None:
+    upstream = ROOT / "fixtures" / "upstream-workflows" / "flux_lora_train_example01.json"
+    code, _, err = run("patch", "--images", "43", "--token", "ink", "--template", str(upstream))
+    # converted from UI format, then refused for what it lacks: a STYLE_TOKEN prompt node lorawf can patch
+    assert code == 3
+    assert "StringConstantMultiline" in err and "STYLE_TOKEN" in err and "Traceback" not in err
 
 
 def write_presets(tmp_path: Path, images: int = 43) -> Path:
