@@ -7,10 +7,7 @@ Thin: parse options, build :class:`~lorawf.server_settings.ServerSettings`, call
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -19,7 +16,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from lorawf.display import make_display, scrub
 from lorawf.errors import (
     Cancelled,
     LorawfError,
@@ -30,11 +26,13 @@ from lorawf.errors import (
     ServerUnreachable,
     exit_code_for,
 )
-from lorawf.events import Done, ErrorEvent, Event, OutputFile, Queued
 from lorawf.server_settings import ServerSettings
 
+# asyncio, the client, the events and the display are imported inside the functions that use them:
+# this module is loaded by every `lorawf` start, and they would double the start-up time of `lorawf plan`.
 if TYPE_CHECKING:
     from lorawf.client import RunResult
+    from lorawf.events import Event, OutputFile
 
 COMMANDS: list[click.Command] = []
 T = TypeVar("T")
@@ -45,6 +43,9 @@ T = TypeVar("T")
 
 def run_async(factory: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine; the first Ctrl-C cancels it (the client then cancels our prompt and raises)."""
+    import asyncio
+    import contextlib
+    import signal
 
     async def main() -> T:
         task = asyncio.current_task()
@@ -84,7 +85,7 @@ def outcome_of(error: BaseException) -> str:
 
 
 class _Recorder:
-    """Wraps a display: remembers the prompt id, and renders a rejection as an ``error`` event."""
+    """Wraps a display: remembers the prompt id, and tells an observer (``lorawf run``) every event."""
 
     def __init__(self, display: Callable[[Event], None], observer: Callable[[Event], None] | None = None) -> None:
         self.display = display
@@ -92,7 +93,7 @@ class _Recorder:
         self.prompt_id: str | None = None
 
     def __call__(self, event: Event) -> None:
-        if event.prompt_id and self.prompt_id is None or isinstance(event, Queued):
+        if event.prompt_id and self.prompt_id is None or event.kind == "queued":
             self.prompt_id = event.prompt_id
         if self.observer is not None:
             self.observer(event)
@@ -118,6 +119,9 @@ class SubmitOptions:
 
 def _finish(recorder: _Recorder, display: Any, settings: ServerSettings, result: RunResult | None,
             error: LorawfError | None, files: list[OutputFile]) -> None:
+    from lorawf.display import scrub
+    from lorawf.events import Done, ErrorEvent
+
     if error is not None:
         message = scrub(str(error).splitlines()[0], settings.secret_values())
         rejected_nodes: tuple[Any, ...] = tuple(getattr(error, "node_errors", ()) or ())
@@ -156,6 +160,7 @@ def run_submission(settings: ServerSettings, workflow: Mapping[str, Any], option
     so the CLI group maps it to the exit code. Returns the result on success (or ``--no-wait``).
     """
     from lorawf.client import WaitOptions, submit_and_wait
+    from lorawf.display import make_display
 
     out = stream
     if out is None and not options.wait and not options.json_mode:
@@ -194,6 +199,7 @@ def run_submission(settings: ServerSettings, workflow: Mapping[str, Any], option
 def run_watch(settings: ServerSettings, prompt_id: str, options: SubmitOptions, stream: Any = None) -> RunResult:
     """Follow an existing prompt with a display (Ctrl-C only stops watching)."""
     from lorawf.client import WaitOptions, watch_prompt
+    from lorawf.display import make_display
 
     display = make_display(options.json_mode, settings.secret_values(), options.verbose, stream)
     recorder = _Recorder(display)
@@ -396,6 +402,7 @@ def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, 
     leaves lorawf-runs/<run>/ with checkpoints/, validation/, contact_sheet.png and run.json.
     """
     from lorawf.cli_offline import overrides_from
+    from lorawf.display import scrub
     from lorawf.runner import RunRequest, execute_run
 
     settings = settings_from(server, headers, ca_bundle, insecure)

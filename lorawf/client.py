@@ -69,6 +69,8 @@ if TYPE_CHECKING:
 
 #: Websocket message size limit: far above the library's 1 MiB (full-size PNG frames, big ``executed``).
 WS_MAX_SIZE = 256 * 1024 * 1024
+#: Websocket messages buffered between the reader and the fold; beyond it the reader waits (flat memory).
+INBOX_SIZE = 4096
 #: Seconds of socket silence (for our prompt) after which ``/history`` and ``/queue`` are polled.
 POLL_INTERVAL = 3.0
 USER_AGENT = f"lorawf/{__version__}"
@@ -280,7 +282,8 @@ class ComfyClient:
         headers = {"User-Agent": USER_AGENT, **settings.request_headers()}
         self.http = httpx.AsyncClient(
             base_url=settings.base_url, headers=headers,
-            verify=self.ssl_context if self.ssl_context is not None else True,
+            # plain http: no TLS context to build (it costs start-up time and is never used)
+            verify=self.ssl_context if self.ssl_context is not None else False,
             timeout=httpx.Timeout(timeout, connect=15.0), follow_redirects=False,
         )
 
@@ -484,7 +487,7 @@ class EventSocket:
         try:
             while True:  # the first status frame with our sid means the socket is registered
                 frame = await asyncio.wait_for(ws.recv(), self.open_timeout)
-                self._deliver(frame)
+                await self._deliver(frame)
                 if isinstance(frame, str):
                     with contextlib.suppress(ValueError):
                         msg = json.loads(frame)
@@ -497,17 +500,18 @@ class EventSocket:
         self.connected = True
         return ws
 
-    def _deliver(self, frame: str | bytes) -> None:
+    async def _deliver(self, frame: str | bytes) -> None:
+        # A bounded inbox: when the server outpaces us, the reader waits and the backlog stays in TCP.
         if isinstance(frame, (bytes, bytearray, memoryview)):
-            self.inbox.put_nowait(("bin", bytes(frame)))
+            await self.inbox.put(("bin", bytes(frame)))
             return
         try:
             msg = json.loads(frame)
         except ValueError:
-            self.inbox.put_nowait(("bad", "a websocket text frame was not valid JSON"))
+            await self.inbox.put(("bad", "a websocket text frame was not valid JSON"))
             return
         if isinstance(msg, dict):
-            self.inbox.put_nowait(("msg", msg))
+            await self.inbox.put(("msg", msg))
 
     async def open(self) -> None:
         """Connect and wait for the registering ``status``; then keep the socket alive in the background."""
@@ -531,7 +535,7 @@ class EventSocket:
         reason = "closed by the server"
         try:
             async for frame in ws:
-                self._deliver(frame)
+                await self._deliver(frame)
         except ConnectionClosed as exc:
             reason = f"connection lost ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
         except Exception as exc:  # noqa: BLE001 - any read failure means: reconnect
@@ -554,12 +558,12 @@ class EventSocket:
                 if self._cycling:
                     self._cycling = False
                 else:
-                    self.inbox.put_nowait(("closed", reason))
+                    await self.inbox.put(("closed", reason))
                     await asyncio.sleep(delays[0])
             try:
                 ws = self._ws = await self._connect_once()
                 attempt = 0
-                self.inbox.put_nowait(("reconnected", None))
+                await self.inbox.put(("reconnected", None))
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - server down or restarting: back off and retry
@@ -633,6 +637,7 @@ class _Waiter:
         self.trouble_since: float | None = None
         self.previews = 0
         self.getter: asyncio.Future[tuple[str, Any]] | None = None
+        self.drained = 0
 
     def emit(self, events: Sequence[Event]) -> None:
         for event in events:
@@ -706,6 +711,14 @@ class _Waiter:
         cancellation (our Ctrl-C) when the item arrives at the same moment.
         """
         if self.getter is None:
+            # Fast path for a backlog: no future per message. Yield now and then so Ctrl-C gets through.
+            self.drained += 1
+            if self.drained % 256 == 0:
+                await asyncio.sleep(0)
+            try:
+                return self.inbox.get_nowait()
+            except asyncio.QueueEmpty:
+                pass
             self.getter = asyncio.ensure_future(self.inbox.get())
         done, _ = await asyncio.wait({self.getter}, timeout=wait)
         if not done:
@@ -851,7 +864,7 @@ async def submit_and_wait(
     client_id = uuid.uuid4().hex
     prompt_id = str(uuid.uuid4())
     extra = _check_extra_data(extra_data, sink, prompt_id)
-    inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(INBOX_SIZE)
     async with ComfyClient(settings) as client:
         socket = EventSocket(settings, client_id, client.ssl_context, inbox) if wait else None
         state = RunState(prompt_id, workflow, loop_classes=options.loop_classes)
@@ -893,7 +906,7 @@ async def watch_prompt(settings: ServerSettings, prompt_id: str, sink: Sink, *,
     still connected. Cancelling this coroutine only stops watching.
     """
     options = options or WaitOptions()
-    inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(INBOX_SIZE)
     async with ComfyClient(settings) as client:
         entry = await client.get_history(prompt_id)
         if entry:
