@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import ssl
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from lorawf import __version__
+from lorawf import __version__, bulk_get
 from lorawf.errors import (
     Cancelled,
     LorawfError,
@@ -1054,17 +1055,65 @@ async def download_file(client: ComfyClient, ref: OutputFile, dest: Path, prompt
     what = f"GET /view {ref.filename!r}"
     status = "saved"
     try:
+        bulk = await _bulk_download(client, params, headers, part, tag_file, offset, what)
+    except bulk_get.Unsupported:
+        bulk = None
+    if bulk is not None:
+        status, expected, written = bulk
+    else:
+        status, expected, written = await _httpx_download(client, params, headers, part, tag_file, what)
+    if expected is not None and expected.isdigit() and written != int(expected):
+        raise ProtocolError(f"{what}: download incomplete ({written} of {expected} bytes); run again to resume")
+    tag_file.unlink(missing_ok=True)
+    placed, placed_status = _place(part, final)
+    return Download(prompt_id, ref.filename, ref.subfolder, ref.type, str(placed), placed.stat().st_size,
+                    "same" if placed_status == "same" else status)
+
+
+def _remember_etag(tag_file: Path, etag: str | None) -> None:
+    """Keep the ETag beside a fresh ``.part`` file, so an interrupted download can be resumed safely."""
+    if etag:
+        tag_file.write_text(etag, encoding="utf-8")
+    else:
+        tag_file.unlink(missing_ok=True)
+
+
+async def _bulk_download(client: ComfyClient, params: dict[str, str], headers: dict[str, str], part: Path,
+                         tag_file: Path, offset: int, what: str) -> tuple[str, str | None, int]:
+    """The fast path (:mod:`lorawf.bulk_get`, in a worker thread); raises ``Unsupported`` to fall back."""
+    stop = threading.Event()
+    all_headers = {"User-Agent": USER_AGENT, **client.settings.request_headers(), **headers}
+    def on_head(head: bulk_get.Head) -> None:
+        if not (head.status == 206 and headers):
+            _remember_etag(tag_file, head.headers.get("etag"))
+
+    try:
+        head, written = await asyncio.to_thread(
+            bulk_get.get_to_file, client.settings.base_url, "/view", params, all_headers, client.ssl_context,
+            str(part), offset if headers else 0, stop, 60.0, on_head)
+    except asyncio.CancelledError:
+        stop.set()  # the worker thread stops at its next chunk
+        raise
+    except bulk_get.Interrupted as exc:
+        raise ServerUnreachable(_scrub(f"cannot reach {client.where} ({what}): {exc}", client.settings)) from None
+    if head.status not in (200, 206):
+        client.check_status(httpx.Response(head.status, headers=dict(head.headers), content=head.body_start), what)
+    resumed = head.status == 206 and bool(headers)
+    return ("resumed" if resumed else "saved"), head.headers.get("content-length"), written
+
+
+async def _httpx_download(client: ComfyClient, params: dict[str, str], headers: dict[str, str], part: Path,
+                          tag_file: Path, what: str) -> tuple[str, str | None, int]:
+    """The general path (proxies, chunked answers): httpx streaming, flat memory."""
+    status = "saved"
+    try:
         async with client.http.stream("GET", "/view", params=params, headers=headers) as resp:
             client.check_status(resp, what)
             if resp.status_code == 206 and headers:
                 mode, status = "ab", "resumed"
             else:
-                mode, offset = "wb", 0
-                etag = resp.headers.get("ETag")
-                if etag:
-                    tag_file.write_text(etag, encoding="utf-8")
-                else:
-                    tag_file.unlink(missing_ok=True)
+                mode = "wb"
+                _remember_etag(tag_file, resp.headers.get("ETag"))
             expected = resp.headers.get("Content-Length")
             written = 0
             with open(part, mode) as handle:  # noqa: ASYNC230 - local disk, chunked: fine for a CLI
@@ -1075,12 +1124,7 @@ async def download_file(client: ComfyClient, ref: OutputFile, dest: Path, prompt
                 os.fsync(handle.fileno())
     except httpx.HTTPError as exc:
         raise client._unreachable(exc, what) from None
-    if expected is not None and expected.isdigit() and written != int(expected):
-        raise ProtocolError(f"{what}: download incomplete ({written} of {expected} bytes); run again to resume")
-    tag_file.unlink(missing_ok=True)
-    placed, placed_status = _place(part, final)
-    return Download(prompt_id, ref.filename, ref.subfolder, ref.type, str(placed), placed.stat().st_size,
-                    "same" if placed_status == "same" else status)
+    return status, expected, written
 
 
 async def download_outputs(settings: ServerSettings, files: Sequence[OutputFile], dest: Path, sink: Sink,

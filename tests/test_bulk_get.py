@@ -1,0 +1,121 @@
+"""The lean download path: body straight to disk, resumable, and a clean hand-off to httpx when unsure."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lorawf import bulk_get, client
+from lorawf.events import OutputFile
+from lorawf.server_settings import ServerSettings
+
+
+@pytest.fixture
+def raw_server() -> Iterator[tuple[str, list[bytes], list[bytes]]]:
+    """A one-shot-per-connection TCP server answering with the queued raw responses; records requests."""
+    answers: list[bytes] = []
+    seen: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                seen.append(data)
+                if answers:
+                    conn.sendall(answers.pop(0))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}", answers, seen
+    listener.close()
+
+
+def fetch(url: str, part: Path, resume: int = 0, headers: dict[str, str] | None = None) -> Any:
+    return bulk_get.get_to_file(url, "/view", {"filename": "a b.bin", "type": "output"}, headers or {}, None,
+                                str(part), resume, threading.Event())
+
+
+def test_body_is_written_and_the_request_is_well_formed(raw_server: Any, tmp_path: Path) -> None:
+    url, answers, seen = raw_server
+    answers.append(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: \"x\"\r\n\r\nhello")
+    head, written = fetch(url, tmp_path / "p", headers={"Authorization": "Bearer t"})
+    assert (head.status, written, head.headers["etag"]) == (200, 5, '"x"')
+    assert (tmp_path / "p").read_bytes() == b"hello"
+    request = seen[0].decode()
+    assert request.startswith("GET /view?filename=a+b.bin&type=output HTTP/1.1\r\n")
+    assert "Authorization: Bearer t\r\n" in request and "Connection: close" in request
+
+
+def test_a_cut_keeps_what_arrived_and_206_appends(raw_server: Any, tmp_path: Path) -> None:
+    url, answers, _ = raw_server
+    answers.append(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234")
+    with pytest.raises(bulk_get.Interrupted) as info:
+        fetch(url, tmp_path / "p")
+    assert info.value.written == 5 and (tmp_path / "p").read_bytes() == b"01234"
+    answers.append(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\nContent-Range: bytes 5-9/10\r\n\r\n56789")
+    head, written = fetch(url, tmp_path / "p", resume=5, headers={"Range": "bytes=5-"})
+    assert (head.status, written) == (206, 5)
+    assert (tmp_path / "p").read_bytes() == b"0123456789"
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n\r\nno length",
+    b"SPDY/3 200 OK\r\n\r\n",
+])
+def test_anything_unusual_is_left_to_httpx(raw_server: Any, tmp_path: Path, answer: bytes) -> None:
+    url, answers, _ = raw_server
+    answers.append(answer)
+    with pytest.raises(bulk_get.Unsupported):
+        fetch(url, tmp_path / "p")
+
+
+def test_header_injection_and_proxies_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(bulk_get.Unsupported, match="line break"):
+        fetch("http://127.0.0.1:9", tmp_path / "p", headers={"X": "a\r\nEvil: 1"})
+    monkeypatch.setenv("http_proxy", "http://proxy.example:3128")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    assert bulk_get.proxied("http://gpu-box:8188")
+
+
+def test_error_status_returns_the_body(raw_server: Any, tmp_path: Path) -> None:
+    url, answers, _ = raw_server
+    answers.append(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+    head, written = fetch(url, tmp_path / "p")
+    assert (head.status, written) == (404, 0)
+    assert not (tmp_path / "p").exists()
+
+
+def test_download_file_falls_back_to_httpx(comfy_server: Any, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    (comfy_server.root / "output" / "big.bin").write_bytes(bytes(range(256)) * 4096)
+
+    def unsupported(*_args: Any, **_kwargs: Any) -> Any:
+        raise bulk_get.Unsupported("test")
+
+    monkeypatch.setattr(bulk_get, "get_to_file", unsupported)
+
+    async def go() -> Any:
+        async with client.ComfyClient(ServerSettings(comfy_server.url)) as c:
+            return await client.download_file(c, OutputFile("1", "files", "big.bin"), tmp_path, "p")
+
+    event = asyncio.run(go())
+    assert Path(event.path).read_bytes() == (comfy_server.root / "output" / "big.bin").read_bytes()
