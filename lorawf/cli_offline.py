@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lorawf.errors import DriftFound, UsageError
-from lorawf.plan import PlanOverrides, TrainingPlan, format_plan
+
+if TYPE_CHECKING:  # the planner is imported when a command runs, not for `lorawf --help`
+    from lorawf.plan import PlanOverrides, TrainingPlan
 
 COMMANDS: list[click.Command] = []
 
@@ -36,6 +38,8 @@ def plan_options(func: F) -> F:
 
 def overrides_from(kwargs: dict[str, Any]) -> PlanOverrides:
     """Pop the planning options out of click's kwargs."""
+    from lorawf.plan import PlanOverrides
+
     names = ("network_dim", "network_alpha", "learning_rate", "max_train_steps", "steps_per_image",
              "checkpoint_interval", "batch_size", "num_repeats")
     return PlanOverrides(**{n: kwargs.pop(n) for n in names})
@@ -59,7 +63,7 @@ def resolve_images(dataset: Path | None, images: int | None) -> tuple[int, str |
 @click.option("--json", "as_json", is_flag=True, help="Print one machine-readable JSON object.")
 def plan_command(dataset: Path | None, images: int | None, as_json: bool, **kwargs: Any) -> None:
     """Plan hyperparameters for a DATASET folder (or --images N)."""
-    from lorawf.plan import plan_training
+    from lorawf.plan import format_plan, plan_training
 
     count, summary = resolve_images(dataset, images)
     plan = plan_training(count, overrides_from(kwargs))
@@ -136,6 +140,7 @@ def regen_command(presets: Path, check: bool) -> None:
     from lorawf.build import build_workflow
     from lorawf.fsutil import atomic_write_text
     from lorawf.patch import PatchOptions
+    from lorawf.plan import PlanOverrides
     from lorawf.regen import load_presets, short_diff
 
     drifted: list[str] = []

@@ -10,18 +10,22 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lorawf.errors import UsageError, ValidationFailed
-from lorawf.schema import SchemaSet, bundled_schemas, load_object_info_file
+
+if TYPE_CHECKING:  # the schema module loads JSON resources: imported when a command runs
+    from lorawf.schema import SchemaSet
 
 COMMANDS: list[click.Command] = []
 
 
 def _schemas(server: str | None, object_info: Path | None, headers: Sequence[str], refresh: bool) -> SchemaSet:
     """Schemas from ``--object-info FILE``, a live ``--server`` (cached), or the bundled snapshot."""
+    from lorawf.schema import bundled_schemas, load_object_info_file
+
     if server and object_info:
         raise UsageError("give either --server or --object-info, not both")
     if object_info is not None:
