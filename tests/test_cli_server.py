@@ -12,6 +12,7 @@ import select
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -39,9 +40,13 @@ def workflow_file(tmp_path: Path, steps: int = 5, delay: float = 0.02, *, fail: 
     return path
 
 
+CACHE = tempfile.mkdtemp(prefix="lorawf-test-cache-")  # the schema cache of these runs, not the user's
+
+
 def env(**extra: str) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if not k.startswith("LORAWF_")}
-    out.update({"LORAWF_POLL_INTERVAL": "0.3", "LORAWF_RETRY_GRACE": "5", "PYTHONPATH": str(REPO)})
+    out.update({"LORAWF_POLL_INTERVAL": "0.3", "LORAWF_RETRY_GRACE": "5", "PYTHONPATH": str(REPO),
+                "XDG_CACHE_HOME": CACHE})
     out.update(extra)
     return out
 
