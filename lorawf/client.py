@@ -70,6 +70,8 @@ if TYPE_CHECKING:
 
 #: Websocket message size limit: far above the library's 1 MiB (full-size PNG frames, big ``executed``).
 WS_MAX_SIZE = 256 * 1024 * 1024
+#: Tries per output file; each retry resumes the partial file.
+DOWNLOAD_ATTEMPTS = 4
 #: Websocket messages buffered between the reader and the fold; beyond it the reader waits (flat memory).
 INBOX_SIZE = 4096
 #: Seconds of socket silence (for our prompt) after which ``/history`` and ``/queue`` are polled.
@@ -1128,13 +1130,27 @@ async def _httpx_download(client: ComfyClient, params: dict[str, str], headers: 
 
 
 async def download_outputs(settings: ServerSettings, files: Sequence[OutputFile], dest: Path, sink: Sink,
-                           prompt_id: str) -> list[str]:
-    """Download every file; returns one problem line per file that could not be saved (never raises for one)."""
+                           prompt_id: str, *, local_for: Callable[[OutputFile], Path] | None = None,
+                           attempts: int = DOWNLOAD_ATTEMPTS) -> list[str]:
+    """Download every file; returns one problem line per file that could not be saved (never raises for one).
+
+    ``local_for`` picks each file's local path inside ``dest`` (default ``dest/<subfolder>/<filename>``).
+    A connection cut mid-file is retried up to ``attempts`` times, resuming the ``.part`` file with ``Range``.
+    """
     problems: list[str] = []
     async with ComfyClient(settings) as client:
         for ref in files:
             try:
-                sink(await download_file(client, ref, dest, prompt_id))
+                local = local_for(ref) if local_for is not None else None
+                for attempt in range(attempts):
+                    try:
+                        sink(await download_file(client, ref, dest, prompt_id, local=local))
+                        break
+                    except (ServerUnreachable, ProtocolError) as exc:
+                        if attempt + 1 == attempts:
+                            raise
+                        sink(WarningEvent(prompt_id, "download_retry", f"{ref.filename}: {exc}; resuming"))
+                        await asyncio.sleep(0.5 * (attempt + 1))
             except UnsafePath as exc:
                 problems.append(f"unsafe output name from server refused: {exc}")
                 sink(WarningEvent(prompt_id, "unsafe_filename", f"not downloaded: {exc}"))

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from lorawf.errors import LorawfError, ProtocolError, ServerUnreachable, UsageError
+from lorawf.errors import LorawfError, UsageError
 from lorawf.events import Download, Event, Output, OutputFile, Started, WarningEvent
 from lorawf.patch import PatchOptions
 from lorawf.plan import PlanOverrides
 from lorawf.server_settings import ServerSettings
 
-DOWNLOAD_ATTEMPTS = 4
 Echo = Callable[[str], None]
 Sink = Callable[[Event], None]
 
@@ -141,32 +140,13 @@ async def _download_one(settings: ServerSettings, run_dir: Path, ref: OutputFile
 async def download_all(settings: ServerSettings, run_dir: Path, refs: Sequence[tuple[OutputFile, str]],
                        sink: Sink, prompt_id: str | None) -> list[str]:
     """Fetch every output into its place under ``run_dir``; one problem line per file that failed."""
-    from lorawf.client import ComfyClient, download_file
-    from lorawf.safepaths import UnsafePath
+    from lorawf.client import download_outputs
 
-    problems: list[str] = []
-    async with ComfyClient(settings) as client:
-        for ref, role in refs:
-            try:
-                target = local_target(run_dir, ref, role)
-                for attempt in range(DOWNLOAD_ATTEMPTS):
-                    try:
-                        sink(await download_file(client, ref, run_dir, prompt_id or "", local=target))
-                        break
-                    except (ServerUnreachable, ProtocolError) as exc:
-                        # a dropped connection leaves a .part file: the next attempt resumes it (Range)
-                        if attempt + 1 == DOWNLOAD_ATTEMPTS:
-                            raise
-                        sink(WarningEvent(prompt_id, "download_retry", f"{ref.filename}: {exc}; resuming"))
-                        await asyncio.sleep(0.5 * (attempt + 1))
-            except UnsafePath as exc:
-                problems.append(f"unsafe output name from server refused: {exc}")
-                sink(WarningEvent(prompt_id, "unsafe_filename", f"not downloaded: {exc}"))
-            except (LorawfError, OSError) as exc:
-                text = str(exc) if isinstance(exc, LorawfError) else f"{ref.filename}: {exc.strerror or exc}"
-                problems.append(text)
-                sink(WarningEvent(prompt_id, "download_failed", text))
-    return problems
+    roles = {(ref.type, ref.subfolder, ref.filename): role for ref, role in refs}
+    return await download_outputs(
+        settings, [ref for ref, _role in refs], run_dir, sink, prompt_id or "",
+        local_for=lambda ref: local_target(run_dir, ref, roles[(ref.type, ref.subfolder, ref.filename)]),
+    )
 
 
 def execute_run(settings: ServerSettings, request: RunRequest, submit: Any, echo: Echo,
