@@ -242,3 +242,13 @@ def test_committed_generated_workflows_are_valid() -> None:
         assert validate_prompt(wf, SCHEMAS).ok, path
         total, loops = training_steps(wf, SCHEMAS)
         assert total == sum(loops), path
+
+
+@pytest.mark.parametrize("images", [8, 43, 100])
+def test_preflight_is_clean_on_the_template_and_every_patched_output(template: dict[str, Any], images: int) -> None:
+    from lorawf.preflight import preflight
+
+    assert preflight(template, SCHEMAS) == []
+    patched = patch_workflow(template, plan_training(images, PlanOverrides(network_dim=32)),
+                             PatchOptions(token="ink", dataset_path="/data/ink"), SCHEMAS).workflow
+    assert preflight(patched, SCHEMAS) == []
