@@ -1170,13 +1170,17 @@ async def fetch_queue(settings: ServerSettings) -> dict[str, Any]:
         return await client.get_queue()
 
 
+async def _fetch_object(settings: ServerSettings, path: str) -> dict[str, Any]:
+    async with ComfyClient(settings) as client:
+        body = await client.get_json(path)
+    if not isinstance(body, dict):
+        raise ProtocolError(f"GET {path}: expected a JSON object")
+    return body
+
+
 async def fetch_object_info(settings: ServerSettings) -> dict[str, Any]:
     """``GET /object_info``: every node class the server knows."""
-    async with ComfyClient(settings) as client:
-        body = await client.get_json("/object_info")
-    if not isinstance(body, dict):
-        raise ProtocolError("GET /object_info: expected a JSON object")
-    return body
+    return await _fetch_object(settings, "/object_info")
 
 
 async def fetch_server_facts(settings: ServerSettings) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -1194,11 +1198,7 @@ async def fetch_server_facts(settings: ServerSettings) -> tuple[dict[str, Any], 
 
 async def fetch_system_stats(settings: ServerSettings) -> dict[str, Any]:
     """``GET /system_stats``: server version, Python/torch versions and devices."""
-    async with ComfyClient(settings) as client:
-        body = await client.get_json("/system_stats")
-    if not isinstance(body, dict):
-        raise ProtocolError("GET /system_stats: expected a JSON object")
-    return body
+    return await _fetch_object(settings, "/system_stats")
 
 
 async def cancel(settings: ServerSettings, prompt_id: str) -> tuple[str, str]:

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from lorawf.workflow_io import is_link
+
 SCHEMA = "lorawf.event/1"
 
 #: Node classes whose ``steps`` count toward the overall training progress (progress restarts at each).
@@ -255,7 +257,7 @@ def _linked_sources(workflow: Mapping[str, Any] | None, node: str) -> list[str]:
         return []
     out = []
     for value in spec["inputs"].values():
-        if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+        if is_link(value):
             out.append(value[0])
     return out
 

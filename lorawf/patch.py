@@ -26,6 +26,7 @@ import jsonpatch
 from lorawf.errors import OverrideError, TemplateError, TokenError
 from lorawf.plan import TrainingPlan
 from lorawf.schema import InputSpec, NodeSchema, SchemaSet
+from lorawf.workflow_io import is_link
 
 PLACEHOLDER = "STYLE_TOKEN"
 MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft", ".gguf")
@@ -128,16 +129,6 @@ def validate_token(token: str) -> str:
 # --------------------------------------------------------------------------- graph helpers
 
 
-def _is_link(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[0], str)
-        and isinstance(value[1], (int, float))
-        and not isinstance(value[1], bool)
-    )
-
-
 def _title(workflow: Workflow, node_id: str) -> str:
     meta = workflow[node_id].get("_meta")
     return str(meta.get("title", "")) if isinstance(meta, dict) else ""
@@ -154,7 +145,7 @@ def _consumers(workflow: Workflow) -> dict[str, list[tuple[str, str, int]]]:
     out: dict[str, list[tuple[str, str, int]]] = {nid: [] for nid in workflow}
     for nid, node in workflow.items():
         for name, value in (node.get("inputs") or {}).items():
-            if _is_link(value) and value[0] in out:
+            if is_link(value) and value[0] in out:
                 out[value[0]].append((nid, name, int(value[1])))
     return out
 
@@ -187,7 +178,7 @@ def _only(workflow: Workflow, class_type: str, role: str) -> str:
 
 def _linked_source(workflow: Workflow, node_id: str, input_name: str) -> str | None:
     value: Any = (workflow[node_id].get("inputs") or {}).get(input_name)
-    if _is_link(value):
+    if is_link(value):
         if value[0] not in workflow:
             raise TemplateError(f"{_label(workflow, node_id)}: input {input_name} links to missing node {value[0]}")
         return str(value[0])
@@ -357,7 +348,7 @@ def _rebuild_chain(workflow: Workflow, roles: Roles, plan: TrainingPlan, image_p
         for old_id in prototype.nodes:
             node = copy.deepcopy(proto_nodes[old_id])
             for name, value in (node.get("inputs") or {}).items():
-                if _is_link(value) and value[0] in mapping:
+                if is_link(value) and value[0] in mapping:
                     node["inputs"][name] = [mapping[value[0]], value[1]]
             cls = node["class_type"]
             if old_id == prototype.chain[0]:

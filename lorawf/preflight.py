@@ -28,6 +28,7 @@ from typing import Any
 from lorawf.comfy_validate import PromptVerdict, ServerCrash, validate_prompt
 from lorawf.errors import ValidationFailed
 from lorawf.schema import InputSpec, NodeSchema, SchemaSet
+from lorawf.workflow_io import is_link
 
 __all__ = [
     "EXTRA_TYPES",
@@ -297,8 +298,7 @@ def _undeclared_inputs(ctx: _Ctx) -> list[Problem]:
         for name, value in inputs.items():
             if name in schema.inputs:
                 continue
-            is_link = isinstance(value, list) and len(value) == 2
-            effect = ("the link is passed to the node unchecked" if is_link
+            effect = ("the link is passed to the node unchecked" if is_link(value)
                       else "the server silently ignores the value")
             close = tuple(difflib.get_close_matches(str(name), list(schema.inputs), n=3, cutoff=0.6))
             fix = f"rename it to {close[0]!r}" if close else "remove it"
@@ -313,8 +313,7 @@ def _links(node: Any) -> list[tuple[str, str, int]]:
     out = []
     if isinstance(inputs, Mapping):
         for name, value in inputs.items():
-            if (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-                    and isinstance(value[1], int) and not isinstance(value[1], bool)):
+            if is_link(value) and isinstance(value[1], int):
                 out.append((str(name), value[0], value[1]))
     return out
 

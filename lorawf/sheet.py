@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from lorawf.errors import InputError
 from lorawf.fsutil import atomic_write_bytes
 from lorawf.record import RECORD_NAME, SHEET_NAME, VALIDATION_IMAGE_RE, RunRecord, read_record
+from lorawf.workflow_io import is_link
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -74,10 +75,6 @@ def split_prompts(text: str) -> list[str]:
     return [p for p in pieces if p and not p.startswith("#")]
 
 
-def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-
-
 def prompts_from_workflow(workflow: Mapping[str, Any]) -> list[str]:
     """The validation prompts of an API-format workflow: ``InitFluxLoRATraining.sample_prompts``, or the text
     of the node linked into it (its only string input, or ``value``/``string``). ``[]`` when not found."""
@@ -87,7 +84,7 @@ def prompts_from_workflow(workflow: Mapping[str, Any]) -> list[str]:
         value: Any = (node.get("inputs") or {}).get("sample_prompts")
         if isinstance(value, str):
             return split_prompts(value)
-        source = workflow.get(str(value[0])) if _is_link(value) else None
+        source = workflow.get(str(value[0])) if is_link(value) else None
         if isinstance(source, dict):
             inputs = source.get("inputs") or {}
             texts = {k: v for k, v in inputs.items() if isinstance(v, str)}

@@ -33,6 +33,17 @@ def read_json(path: Path) -> Any:
         ) from None
 
 
+def is_link(value: Any) -> bool:
+    """ComfyUI's rule for a linked input: ``["<source node id>", <output slot>]`` (a str id, a number slot)."""
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], (int, float))
+        and not isinstance(value[1], bool)
+    )
+
+
 def detect_format(data: Any) -> str:
     """Return ``"api"`` for an API-format graph, ``"ui"`` for a web-UI export, ``"unknown"`` otherwise."""
     if isinstance(data, dict):
