@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -35,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="fake",
         help="placeholder model files: tiny valid (fake), 0 bytes as recorded (empty), none",
     )
+    p.add_argument("--tls-certfile", default=None, help="serve https/wss with this certificate (as ComfyUI does)")
+    p.add_argument("--tls-keyfile", default=None, help="the certificate's private key")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 
@@ -58,7 +61,11 @@ async def serve(args: argparse.Namespace) -> None:
     app = make_app(state)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, reuse_address=True)
+    ssl_context = None
+    if args.tls_certfile and args.tls_keyfile:
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(args.tls_certfile, args.tls_keyfile)
+    site = web.TCPSite(runner, args.host, args.port, reuse_address=True, ssl_context=ssl_context)
     await site.start()
     server = site._server
     assert server is not None
@@ -68,7 +75,7 @@ async def serve(args: argparse.Namespace) -> None:
     async def relisten(downtime: float) -> None:
         await sites[0].stop()
         await asyncio.sleep(downtime)
-        new_site = web.TCPSite(runner, args.host, port, reuse_address=True)
+        new_site = web.TCPSite(runner, args.host, port, reuse_address=True, ssl_context=ssl_context)
         await new_site.start()
         sites[0] = new_site
 

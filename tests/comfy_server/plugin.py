@@ -8,6 +8,7 @@
 * ``models="fake"|"empty"|"none"`` placeholder model files (``empty`` = the recorded 0-byte files,
   which make ``InitFluxLoRATraining`` fail as recorded);
 * ``max_upload_size=<MB>`` like ComfyUI's ``--max-upload-size``; ``step_delay=<s>`` per training step;
+* ``tls=(cert, key)`` serves https/wss (ComfyUI's ``--tls-certfile``/``--tls-keyfile``);
 * ``root=<Path>`` to reuse a ComfyUI folder (e.g. to "restart" on the same files).
 
 The handle (:class:`ComfyServer`) offers ``.url``, ``.ws_url``, ``.port``, ``.root``,
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import ssl
 import subprocess
 import sys
 import time
@@ -52,17 +54,23 @@ class RecordedRequest:
 class ComfyServer:
     """Handle of one running fake server process."""
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int, root: Path, log_path: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, root: Path, log_path: Path,
+                 tls_cert: Path | None = None) -> None:
         self.process = process
         self.port = port
         self.root = root
         self.log_path = log_path
-        self.url = f"http://127.0.0.1:{port}"
-        self.ws_url = f"ws://127.0.0.1:{port}"
+        self.tls_cert = tls_cert
+        scheme = "https" if tls_cert is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{port}"
+        self.ws_url = f"{'wss' if tls_cert is not None else 'ws'}://127.0.0.1:{port}"
+        # the control helpers trust the test certificate
+        self._verify: Any = ssl.create_default_context(cafile=str(tls_cert)) if tls_cert is not None else True
 
     def control(self, kind: str, **params: Any) -> dict[str, Any]:
         """POST ``/__test__/control`` (see :mod:`tests.comfy_server.faults` for the kinds)."""
-        r = httpx.post(f"{self.url}/__test__/control", json={"kind": kind, **params}, timeout=30)
+        r = httpx.post(f"{self.url}/__test__/control", json={"kind": kind, **params}, timeout=30,
+                       verify=self._verify)
         if r.status_code != 200:
             raise AssertionError(f"control {kind} failed: {r.status_code} {r.text}")
         result: dict[str, Any] = r.json()
@@ -72,7 +80,7 @@ class ComfyServer:
         return self.control("state")
 
     def requests(self) -> list[RecordedRequest]:
-        r = httpx.get(f"{self.url}/__test__/requests", timeout=30)
+        r = httpx.get(f"{self.url}/__test__/requests", timeout=30, verify=self._verify)
         r.raise_for_status()
         return [
             RecordedRequest(
@@ -87,7 +95,7 @@ class ComfyServer:
         ]
 
     def clear_requests(self) -> None:
-        httpx.delete(f"{self.url}/__test__/requests", timeout=30).raise_for_status()
+        httpx.delete(f"{self.url}/__test__/requests", timeout=30, verify=self._verify).raise_for_status()
 
     def log(self) -> str:
         try:
@@ -127,6 +135,9 @@ def start_server(root: Path, log_dir: Path | None = None, **options: Any) -> Com
         args += ["--max-upload-size", str(options["max_upload_size"])]
     if options.get("step_delay") is not None:
         args += ["--step-delay", str(options["step_delay"])]
+    tls = options.get("tls")  # (certificate, key) paths: serve https/wss
+    if tls is not None:
+        args += ["--tls-certfile", str(tls[0]), "--tls-keyfile", str(tls[1])]
     unknown = set(options) - {
         "auth_token",
         "auth_value",
@@ -135,6 +146,7 @@ def start_server(root: Path, log_dir: Path | None = None, **options: Any) -> Com
         "models",
         "max_upload_size",
         "step_delay",
+        "tls",
     }
     if unknown:
         raise TypeError(f"unknown comfy server options: {sorted(unknown)}")
@@ -152,7 +164,8 @@ def start_server(root: Path, log_dir: Path | None = None, **options: Any) -> Com
         if ready:
             line = process.stdout.readline()
             if line.startswith(b"LISTENING "):
-                return ComfyServer(process, int(line.split()[1]), root, log_path)
+                return ComfyServer(process, int(line.split()[1]), root, log_path,
+                                   Path(tls[0]) if tls is not None else None)
             if not line:
                 break
         elif process.poll() is not None:
