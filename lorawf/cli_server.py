@@ -418,7 +418,10 @@ def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, 
         click.echo(scrub(line, secrets), err=True)
 
     def json_echo(obj: dict[str, Any]) -> None:
-        click.echo(json.dumps({"schema": "lorawf.event/1", "prompt_id": None, **obj}))
+        from datetime import datetime, timezone
+
+        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        click.echo(json.dumps({"schema": "lorawf.event/1", "prompt_id": None, **obj, "time": now}))
 
     run_dir = execute_run(settings, request, SubmitOptions(True, json_mode, None, timeout, None, verbose), echo,
                           json_echo if json_mode else None)

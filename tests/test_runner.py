@@ -135,6 +135,7 @@ def test_dropped_connection_mid_download_is_resumed(server: Any, tmp_path: Path)
                   "--server-dataset-path", str(dataset), "--download", str(out), "--json", tmp=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert all(e["schema"] == "lorawf.event/1" and "time" in e for e in events)
     assert any(e["event"] == "warning" and e["code"] == "download_retry" for e in events)
     resumed = [e for e in events if e["event"] == "download" and e["status"] == "resumed"]
     assert len(resumed) == 1, [(e.get("message"), e.get("status")) for e in events if e["event"] in ("download", "warning")][:2]
