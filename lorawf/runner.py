@@ -110,6 +110,7 @@ class EagerDownloader:
         self.run_dir = run_dir
         self.collector = collector
         self.events: list[Event] = []
+        self.done: set[tuple[str, str, str]] = set()  # (type, subfolder, filename) already on disk
         self.thread = threading.Thread(target=self._work, name="lorawf-download", daemon=True)
         self.thread.start()
 
@@ -121,6 +122,7 @@ class EagerDownloader:
             ref, role = item
             try:
                 self.events.append(asyncio.run(_download_one(self.settings, self.run_dir, ref, role)))
+                self.done.add((ref.type, ref.subfolder, ref.filename))
             except (LorawfError, OSError) as exc:  # retried in the final sweep
                 self.events.append(WarningEvent(None, "download_retry", f"{ref.filename}: {exc}"))
 
@@ -249,7 +251,8 @@ def execute_run(settings: ServerSettings, request: RunRequest, submit: Any, echo
             eager.stop()
             for event in eager.events:
                 sink(event)
-        refs = list(collector.refs.values())
+        fetched = eager.done if eager is not None else set()
+        refs = [(ref, role) for key, (ref, role) in collector.refs.items() if key not in fetched]
         problems = run_async(lambda: download_all(settings, run_dir, refs, sink,
                                                   result.prompt_id if result else None)) if refs else []
         rec: RunRecord = state["record"]

@@ -156,7 +156,10 @@ def test_checkpoints_can_be_fetched_as_they_are_written(server: Any, tmp_path: P
                   str(dataset), "--download", str(out), "--download-as-you-go", tmp=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = only_run_dir(out)
-    assert len(list((run_dir / "checkpoints").iterdir())) == len(plan_training(15).checkpoint_steps) + 1
+    checkpoints = {p.name for p in (run_dir / "checkpoints").iterdir()}
+    assert len(checkpoints) == len(plan_training(15).checkpoint_steps) + 1
+    fetched = [r.query for r in server.requests() if r.path.endswith("/view") and ".safetensors" in r.query]
+    assert len(fetched) == len(checkpoints)  # each fetched once, as it was written; not again at the end
 
 
 def test_a_failed_run_is_recorded_with_its_reason(server: Any, tmp_path: Path) -> None:
