@@ -6,10 +6,11 @@ Secrets (token, header values) are kept here and only here; :meth:`ServerSetting
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from lorawf.errors import UsageError
 
@@ -22,8 +23,10 @@ def parse_header(raw: str) -> tuple[str, str]:
     """Parse ``'Name: value'`` from ``--header``; a malformed one is a usage error (value never echoed)."""
     name, sep, value = raw.partition(":")
     name = name.strip()
-    if not sep or not name or any(c.isspace() for c in name):
-        raise UsageError(f"--header {name or '?'!r}: expected 'Name: value'")
+    if not sep:  # the whole text may be a secret (a bare token): do not echo it
+        raise UsageError("--header: expected 'Name: value' (no ':' found)")
+    if not name or any(c.isspace() for c in name):
+        raise UsageError(f"--header {name or '?'!r}: expected 'Name: value' with a name without spaces")
     return name, value.strip()
 
 
@@ -31,7 +34,7 @@ def parse_header(raw: str) -> tuple[str, str]:
 class ServerSettings:
     """Connection settings for one ComfyUI server. ``repr`` hides secrets."""
 
-    url: str = DEFAULT_SERVER
+    url: str = field(default=DEFAULT_SERVER, repr=False)  # may hold user:password: see redacted_url
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     token: str | None = field(default=None, repr=False)
     ca_bundle: str | None = None
@@ -48,13 +51,27 @@ class ServerSettings:
     ) -> ServerSettings:
         """Server from ``--server``, else ``LORAWF_SERVER``, else the local default; token from ``LORAWF_TOKEN``."""
         env = os.environ if environ is None else environ
-        url = (server or env.get(ENV_SERVER) or DEFAULT_SERVER).strip().rstrip("/")
+        url = (server or env.get(ENV_SERVER) or DEFAULT_SERVER).strip()
         parts = urlsplit(url if "://" in url else f"http://{url}")
+        parts = parts._replace(path=parts.path.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UsageError(f"--server {cls._redact(url)!r}: expected http://HOST:PORT or https://HOST[:PORT]")
+        if parts.query or parts.fragment:
+            raise UsageError(f"--server {cls._redact(url)!r}: a query string is not sent with every request; "
+                             "pass credentials with --header 'Name: value' or LORAWF_TOKEN")
         parsed_headers = dict(parse_header(h) for h in headers)
+        if parts.username is not None:
+            # user:password in the URL becomes an explicit header, so every transport sends the same thing
+            basic = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+            if not any(k.lower() == "authorization" for k in parsed_headers):
+                parsed_headers["Authorization"] = f"Basic {basic}"
+            host = parts.hostname if ":" not in (parts.hostname or "") else f"[{parts.hostname}]"
+            parts = parts._replace(netloc=f"{host}:{parts.port}" if parts.port else str(host))
         token = env.get(ENV_TOKEN) or None
         return cls(urlunsplit(parts), parsed_headers, token, ca_bundle, insecure)
+
+    def __repr__(self) -> str:
+        return f"ServerSettings(url={self.redacted_url!r}, ca_bundle={self.ca_bundle!r}, insecure={self.insecure})"
 
     @property
     def base_url(self) -> str:
