@@ -67,7 +67,7 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
 
 def outcome_of(error: BaseException) -> str:
     """The ``done`` event's outcome for an error."""
-    from lorawf.client import WaitTimeout
+    from lorawf.errors import WaitTimeout
 
     if isinstance(error, Cancelled):
         return "cancelled"

@@ -46,6 +46,7 @@ from lorawf.errors import (
     ServerRejected,
     ServerUnreachable,
     UsageError,
+    WaitTimeout,
 )
 from lorawf.events import (
     DEFAULT_LOOP_CLASSES,
@@ -79,10 +80,6 @@ POLL_INTERVAL = 3.0
 USER_AGENT = f"lorawf/{__version__}"
 
 Sink = Callable[[Event], None]
-
-
-class WaitTimeout(ServerError):
-    """The overall ``--timeout`` passed; the prompt keeps going on the server."""
 
 
 # ------------------------------------------------------------------------------------ rejection (400)

@@ -43,6 +43,10 @@ class ValidationFailed(JobFailed):
     """A workflow has problems that the server would reject or silently ignore."""
 
 
+class SecretInRecord(JobFailed):
+    """A run record about to be written contains a secret; nothing was written."""
+
+
 # --- usage (exit 2) ---
 class UsageError(LorawfError):
     """The command line itself is wrong (conflicting or missing options)."""
@@ -69,6 +73,10 @@ class OverrideError(InputError):
     """A planning override or ``--set`` value is outside what the nodes accept."""
 
 
+class RecordError(InputError):
+    """A run record cannot be read: missing, not JSON, or not the ``lorawf.run/1`` schema."""
+
+
 class WorkflowFormatError(InputError):
     """A workflow file is not valid JSON or not in the expected format."""
 
@@ -93,6 +101,10 @@ class ServerUnreachable(ServerError):
 
 class ProtocolError(ServerError):
     """The server sent something the protocol does not allow (malformed JSON, 500, 413...)."""
+
+
+class WaitTimeout(ServerError):
+    """The overall ``--timeout`` passed; the prompt keeps going on the server."""
 
 
 class PromptLost(ServerError):

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-from lorawf.errors import InputError, LorawfError
+from lorawf.errors import InputError, RecordError, SecretInRecord
 from lorawf.fsutil import atomic_write_text
 
 SCHEMA = "lorawf.run/1"
@@ -48,14 +48,6 @@ _EVENT_OUTCOMES = {
     "lost": "lost",
     "submitted": "pending",
 }
-
-
-class RecordError(InputError):
-    """A run record cannot be read: missing, not JSON, or not the ``lorawf.run/1`` schema."""
-
-
-class SecretInRecord(LorawfError):
-    """A record about to be written contains a secret; nothing was written."""
 
 
 # ------------------------------------------------------------------------------------------- time
