@@ -269,6 +269,8 @@ class LiveDisplay:
             loop = f"  training loop {event.loop}/{event.loops}" if event.loop else ""
             self.node_line = f"▶ node {event.node} {event.title}{loop}"
             self.step = None
+            if event.overall_max:  # a finished loop counts in full, even if its last step sent no progress
+                self.overall = (event.overall_value or 0, event.overall_max)
             self._draw(force=True)
         elif isinstance(event, Progress):
             self.step = (event.value, event.max)

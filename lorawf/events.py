@@ -112,6 +112,8 @@ class Executing(Event):
     class_type: str | None = None
     loop: int | None = None
     loops: int = 0
+    overall_value: int | None = None  # steps trained so far over all loops (None without loops)
+    overall_max: int | None = None
 
 
 @dataclass(frozen=True)
@@ -557,8 +559,10 @@ class RunState:
         loop = self.loops.get(node)
         if loop is not None:
             loop.value = 0
+        overall = self.overall
         return [Executing(self.prompt_id, node, ref.title, ref.class_type,
-                          loop.index if loop else None, len(self.loops))]
+                          loop.index if loop else None, len(self.loops),
+                          overall[0] if overall else None, overall[1] if overall else None)]
 
     def _finish_node(self, node: str) -> None:
         if node not in self.executed:

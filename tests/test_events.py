@@ -235,6 +235,9 @@ def test_overall_progress_sums_all_training_loops() -> None:
     cached = next(e for e in events if isinstance(e, Cached))
     assert cached.nodes[0].title == "InitFluxLoRATraining"
     assert state.outcome == "success" and state.done_signal and state.overall == (5, 5)
+    # the node after a loop reports it in full, though its last step sent no progress (a loop ends at steps-1)
+    after_first_loop = next(e for e in events if isinstance(e, Executing) and e.node == "3")
+    assert (after_first_loop.overall_value, after_first_loop.overall_max) == (3, 5)
 
 
 def test_execution_blocked_is_not_terminal() -> None:
