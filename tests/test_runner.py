@@ -6,11 +6,13 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from lorawf.plan import plan_training
@@ -201,3 +203,56 @@ def test_secrets_never_reach_the_record_or_the_output(comfy_server_factory: Any,
         assert "s3cret" not in path.read_text()
     assert all(r.header("Authorization") == "Bearer s3cret-token-value" for r in server.requests()
                if not r.path.startswith("/__test__"))
+
+
+def _start_run(server: Any, tmp_path: Path, out: Path) -> subprocess.Popen[str]:
+    dataset = server.root / "dataset" / "ink"
+    if not dataset.exists():
+        shutil.copytree(DATASET, dataset)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAWF_")}
+    env.update({"LORAWF_POLL_INTERVAL": "0.3", "LORAWF_RETRY_GRACE": "2", "PYTHONPATH": str(REPO),
+                "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    return subprocess.Popen(
+        [*CLI, "run", "--images", "30", "--token", "ink", "--server", server.url, "--server-dataset-path",
+         str(dataset), "--download", str(out), "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+
+
+def _wait_for_progress(proc: subprocess.Popen[str], value: int) -> dict[str, Any]:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "progress" and (event.get("overall_value") or 0) >= value:
+            return event
+    raise AssertionError(f"no progress event: {proc.stderr.read() if proc.stderr else ''}")
+
+
+def test_ctrl_c_cancels_the_run_keeps_the_checkpoints_and_records_it(comfy_server_factory: Any,
+                                                                     tmp_path: Path) -> None:
+    server = comfy_server_factory(step_delay=0.005)
+    out = tmp_path / "runs"
+    proc = _start_run(server, tmp_path, out)
+    _wait_for_progress(proc, 300)  # past the first checkpoint at 250
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    run_dir = only_run_dir(out)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["outcome"] == "cancelled" and record["prompt_id"]
+    assert any(f["kind"] == "checkpoint" and f["step"] == 250 for f in record["files"])
+    history = httpx.get(f"{server.url}/history/{record['prompt_id']}").json()[record["prompt_id"]]
+    assert history["status"]["messages"][-1][0] == "execution_interrupted"
+
+
+def test_a_server_restart_mid_run_is_a_lost_prompt_not_a_hang(comfy_server_factory: Any, tmp_path: Path) -> None:
+    server = comfy_server_factory(step_delay=0.005)
+    out = tmp_path / "runs"
+    proc = _start_run(server, tmp_path, out)
+    _wait_for_progress(proc, 100)
+    server.control("restart")
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 5, err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "is lost: it is neither queued, running nor in the history" in line
+    record = json.loads((only_run_dir(out) / "run.json").read_text())
+    assert record["outcome"] == "lost" and record["error"]
