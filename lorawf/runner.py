@@ -159,6 +159,7 @@ def execute_run(settings: ServerSettings, request: RunRequest, submit: Any, echo
     from lorawf.cli_server import SubmitOptions, preflight_or_warn, run_async, run_submission
     from lorawf.client import ComfyClient, fetch_server_facts
     from lorawf.dataset import scan_dataset
+    from lorawf.fsutil import atomic_write_text
     from lorawf.naming import unique_run_name
     from lorawf.patch import file_stem
     from lorawf.record import RunRecord, Timings, outcome_from_event, scan_files, utc_now, write_record
@@ -229,7 +230,7 @@ def execute_run(settings: ServerSettings, request: RunRequest, submit: Any, echo
     for advice in built.plan.advice:
         if advice.severity != "info":
             echo(f"warning: {advice.message}")
-    (run_dir / "workflow.json").write_text(built.text, encoding="utf-8")
+    atomic_write_text(run_dir / "workflow.json", built.text)
     if request.preflight:
         preflight_or_warn(settings, built.patch.workflow, f"{run_dir / 'workflow.json'}")
 
