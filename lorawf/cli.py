@@ -6,6 +6,7 @@ Heavy modules (httpx, websockets, the client) are imported inside the commands t
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -27,6 +28,18 @@ class LorawfGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("cancelled", err=True)
             sys.exit(EXIT_CANCELLED)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own usage errors (exit 2), --help and --version
+        except OSError as err:  # a file given by the user: one line, never a traceback
+            where = f"{err.filename}: " if err.filename else ""
+            click.echo(f"error: {where}{err.strerror or err}", err=True)
+            sys.exit(exit_code_for(err))
+        except Exception as err:  # a bug: say so in one line; LORAWF_DEBUG=1 shows the traceback
+            if os.environ.get("LORAWF_DEBUG"):
+                raise
+            click.echo(f"error: internal error ({type(err).__name__}: {err}); "
+                       "rerun with LORAWF_DEBUG=1 for the traceback and please report it", err=True)
+            sys.exit(exit_code_for(err))
 
 
 @click.group(cls=LorawfGroup, context_settings={"help_option_names": ["-h", "--help"]})

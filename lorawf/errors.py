@@ -124,6 +124,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (UsageError, EXIT_USAGE),
     (JobFailed, EXIT_JOB_FAILED),
     (KeyboardInterrupt, EXIT_CANCELLED),
+    (OSError, EXIT_BAD_INPUT),  # a file lorawf was told to read or write is not accessible
 )
 
 

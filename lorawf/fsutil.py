@@ -6,11 +6,17 @@ import os
 import tempfile
 from pathlib import Path
 
+from lorawf.errors import InputError
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder, then rename over it."""
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or Path("."))
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or Path("."))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write here: {exc.strerror or exc}",
+                         hint="check that the folder exists and is writable") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

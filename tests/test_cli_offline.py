@@ -180,3 +180,24 @@ def test_console_script_exit_code_in_a_real_process() -> None:
                           check=False)
     assert proc.returncode == 3
     assert proc.stderr.strip().startswith("error:") and "Traceback" not in proc.stderr
+
+
+def test_an_unwritable_output_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    target = tmp_path / "missing" / "wf.json"
+    code, _, err = run("patch", "--images", "43", "--token", "ink", "-o", str(target))
+    assert code == 3 and "Traceback" not in err
+    assert f"error: {target}: cannot write here" in err
+
+
+def test_an_unexpected_failure_is_one_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lorawf.plan
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(lorawf.plan, "plan_training", broken)
+    monkeypatch.delenv("LORAWF_DEBUG", raising=False)
+    code, _, err = run("plan", "--images", "43")
+    assert code == 1
+    assert err.strip() == ("error: internal error (RuntimeError: boom); rerun with LORAWF_DEBUG=1 for the "
+                           "traceback and please report it")
