@@ -150,29 +150,16 @@ def _conclude(result: RunResult, settings: ServerSettings, download: Path | None
         raise ProtocolError(f"{len(problems)} output file(s) not downloaded: {problems[0]}{more}")
 
 
-def run_submission(settings: ServerSettings, workflow: Mapping[str, Any], options: SubmitOptions,
-                   stream: Any = None) -> RunResult:
-    """Submit ``workflow`` and follow it with a display; the call ``lorawf run`` makes after patching.
+def _follow(settings: ServerSettings, options: SubmitOptions, display: Any, recorder: _Recorder,
+            wait: Callable[[], Awaitable[RunResult]]) -> RunResult:
+    """Run ``wait`` (submit-and-wait or watch), then ``after_run``, downloads, and the final ``done`` event.
 
-    Prints events (live, plain or NDJSON), downloads outputs with ``options.download``, always ends the
-    event stream with a ``done`` event, and raises a :class:`~lorawf.errors.LorawfError` for every
-    non-success (RunFailed, PromptRejected, ServerUnreachable, ProtocolError, PromptLost, Cancelled...),
-    so the CLI group maps it to the exit code. Returns the result on success (or ``--no-wait``).
+    Raises a :class:`~lorawf.errors.LorawfError` for every non-success, after the ``done`` event.
     """
-    from lorawf.client import WaitOptions, submit_and_wait
-    from lorawf.display import make_display
-
-    out = stream
-    if out is None and not options.wait and not options.json_mode:
-        out = sys.stderr  # stdout gets only the prompt id, for scripts
-    display = make_display(options.json_mode, settings.secret_values(), options.verbose, out)
-    recorder = _Recorder(display, options.observer)
-    wait_options = WaitOptions.from_env(timeout=options.timeout, previews_dir=options.previews)
     result: RunResult | None = None
     error: LorawfError | None = None
     try:
-        result = run_async(lambda: submit_and_wait(settings, workflow, recorder, wait=options.wait,
-                                                   options=wait_options, extra_data=options.extra_data))
+        result = run_async(wait)
     except LorawfError as err:
         error = err
     problems: list[str] = []
@@ -191,6 +178,29 @@ def run_submission(settings: ServerSettings, workflow: Mapping[str, Any], option
         _finish(recorder, display, settings, result, error, result.files if result else [])
         raise error
     _finish(recorder, display, settings, result, None, result.files)
+    return result
+
+
+def run_submission(settings: ServerSettings, workflow: Mapping[str, Any], options: SubmitOptions,
+                   stream: Any = None) -> RunResult:
+    """Submit ``workflow`` and follow it with a display; the call ``lorawf run`` makes after patching.
+
+    Prints events (live, plain or NDJSON), downloads outputs with ``options.download``, always ends the
+    event stream with a ``done`` event, and raises a :class:`~lorawf.errors.LorawfError` for every
+    non-success (RunFailed, PromptRejected, ServerUnreachable, ProtocolError, PromptLost, Cancelled...),
+    so the CLI group maps it to the exit code. Returns the result on success (or ``--no-wait``).
+    """
+    from lorawf.client import WaitOptions, submit_and_wait
+    from lorawf.display import make_display
+
+    out = stream
+    if out is None and not options.wait and not options.json_mode:
+        out = sys.stderr  # stdout gets only the prompt id, for scripts
+    display = make_display(options.json_mode, settings.secret_values(), options.verbose, out)
+    recorder = _Recorder(display, options.observer)
+    wait_options = WaitOptions.from_env(timeout=options.timeout, previews_dir=options.previews)
+    result = _follow(settings, options, display, recorder, lambda: submit_and_wait(
+        settings, workflow, recorder, wait=options.wait, options=wait_options, extra_data=options.extra_data))
     if not options.wait and not options.json_mode:
         click.echo(result.prompt_id)
     return result
@@ -202,18 +212,11 @@ def run_watch(settings: ServerSettings, prompt_id: str, options: SubmitOptions, 
     from lorawf.display import make_display
 
     display = make_display(options.json_mode, settings.secret_values(), options.verbose, stream)
-    recorder = _Recorder(display)
+    recorder = _Recorder(display, options.observer)
     recorder.prompt_id = prompt_id
     wait_options = WaitOptions.from_env(timeout=options.timeout, previews_dir=options.previews)
-    result: RunResult | None = None
-    try:
-        result = run_async(lambda: watch_prompt(settings, prompt_id, recorder, options=wait_options))
-        _conclude(result, settings, options.download, recorder)
-    except LorawfError as err:
-        _finish(recorder, display, settings, result, err, result.files if result else [])
-        raise
-    _finish(recorder, display, settings, result, None, result.files)
-    return result
+    return _follow(settings, options, display, recorder,
+                   lambda: watch_prompt(settings, prompt_id, recorder, options=wait_options))
 
 
 # ------------------------------------------------------------------------------------------ options
