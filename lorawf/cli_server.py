@@ -431,4 +431,32 @@ def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, 
     echo(f"run folder: {run_dir}")
 
 
-COMMANDS.extend([submit_cmd, watch_cmd, queue_cmd, cancel_cmd, run_cmd])
+@click.command("resume")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--server-input-dir", help="ComfyUI's input folder on the GPU host (default: learned from the server).")
+@click.option("--server-output-dir", help="ComfyUI's output folder on the GPU host (default: learned from the server).")
+@click.option("--download-as-you-go", is_flag=True, help="Fetch each checkpoint as soon as it is written.")
+@server_options
+@click.option("--json", "json_mode", is_flag=True, help="NDJSON events (schema lorawf.event/1).")
+@click.option("--timeout", type=float, default=None, metavar="S", help="Give up waiting after S seconds.")
+@click.option("--verbose", "-v", is_flag=True, help="Show server tracebacks of failed nodes.")
+def resume_cmd(run_dir: Path, server_input_dir: str | None, server_output_dir: str | None,
+               download_as_you_go: bool, server: str | None, headers: tuple[str, ...], ca_bundle: str | None,
+               insecure: bool, json_mode: bool, timeout: float | None, verbose: bool) -> None:
+    """Re-attach to the run recorded in RUN_DIR (after a closed laptop or a lost connection).
+
+    Follows the prompt to its end, or reads the end from history, downloads every checkpoint and
+    validation image still missing, redraws the contact sheet and updates run.json. The server is the
+    one recorded in run.json unless --server is given. Ctrl-C only stops following.
+    """
+    from lorawf.record import read_record
+    from lorawf.runner import resume_run
+
+    recorded = read_record(run_dir).server_url
+    settings = settings_from(server or recorded, headers, ca_bundle, insecure)
+    resume_run(settings, run_dir, SubmitOptions(True, json_mode, None, timeout, None, verbose),
+               server_input_dir, server_output_dir, download_as_you_go)
+    click.echo(f"run folder: {run_dir}", err=True)
+
+
+COMMANDS.extend([submit_cmd, watch_cmd, queue_cmd, cancel_cmd, run_cmd, resume_cmd])

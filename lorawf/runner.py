@@ -156,15 +156,15 @@ def execute_run(settings: ServerSettings, request: RunRequest, submit: Any, echo
     """Run the whole pipeline; returns the local run folder. Raises a LorawfError on any failure,
     after downloading what exists and writing ``run.json`` with the outcome."""
     from lorawf.build import build_workflow
-    from lorawf.cli_server import SubmitOptions, preflight_or_warn, run_async, run_submission
+    from lorawf.cli_server import preflight_or_warn, run_async, run_submission
     from lorawf.client import ComfyClient, fetch_server_facts
     from lorawf.dataset import scan_dataset
     from lorawf.fsutil import atomic_write_text
     from lorawf.naming import unique_run_name
     from lorawf.patch import file_stem
-    from lorawf.record import RunRecord, Timings, outcome_from_event, scan_files, utc_now, write_record
+    from lorawf.record import RunRecord, Timings, utc_now, write_record
     from lorawf.server_paths import learn_folders
-    from lorawf.sheet import make_run_sheet, prompts_from_workflow
+    from lorawf.sheet import prompts_from_workflow
     from lorawf.upload_plan import dataset_digest, dataset_files
 
     created = utc_now()
@@ -243,46 +243,87 @@ def execute_run(settings: ServerSettings, request: RunRequest, submit: Any, echo
     write_record(run_dir, record, secrets)
 
     # 5. submit, follow, download
-    collector = OutputCollector(folders, lambda e: None)
-    eager = EagerDownloader(settings, run_dir, collector) if request.download_as_you_go else None
-    state: dict[str, Any] = {"record": record}
+    follower = RunFollower(settings, run_dir, record, folders, request.download_as_you_go)
+    run_submission(settings, built.patch.workflow, follower.options(submit))
+    return run_dir
 
-    def after_run(result: Any, error: LorawfError | None, sink: Sink) -> list[str]:
-        if eager is not None:
-            eager.stop()
-            for event in eager.events:
+
+class RunFollower:
+    """Keeps a run folder current while its prompt runs: the record (prompt id, timings, outcome), the
+    outputs (downloaded as they come with ``as_you_go``, all of them at the end) and the contact sheet."""
+
+    def __init__(self, settings: ServerSettings, run_dir: Path, record: Any, folders: Any,
+                 as_you_go: bool) -> None:
+        self.settings = settings
+        self.run_dir = run_dir
+        self.record = record
+        self.secrets = settings.secret_values()
+        self.collector = OutputCollector(folders, lambda e: None)
+        self.eager = EagerDownloader(settings, run_dir, self.collector) if as_you_go else None
+
+    def options(self, submit: Any) -> Any:
+        """``submit`` with this follower as observer and after-run step (and no plain ``--download``)."""
+        return replace(submit, download=None, observer=self.observe, after_run=self.after_run)
+
+    def observe(self, event: Event) -> None:
+        from lorawf.record import utc_now, write_record
+
+        if self.record.prompt_id is None and event.prompt_id:
+            self.record = replace(self.record, prompt_id=event.prompt_id,
+                                  timings=replace(self.record.timings, submitted=utc_now()))
+            write_record(self.run_dir, self.record, self.secrets)  # a crash from here on still names the prompt
+        self.collector(event)
+
+    def after_run(self, result: Any, error: LorawfError | None, sink: Sink) -> list[str]:
+        from lorawf.cli_server import run_async
+        from lorawf.record import outcome_from_event, scan_files, utc_now, write_record
+        from lorawf.sheet import make_run_sheet
+
+        if self.eager is not None:
+            self.eager.stop()
+            for event in self.eager.events:
                 sink(event)
-        fetched = eager.done if eager is not None else set()
-        refs = [(ref, role) for key, (ref, role) in collector.refs.items() if key not in fetched]
-        problems = run_async(lambda: download_all(settings, run_dir, refs, sink,
-                                                  result.prompt_id if result else None)) if refs else []
-        rec: RunRecord = state["record"]
+        fetched = self.eager.done if self.eager is not None else set()
+        refs = [(ref, role) for key, (ref, role) in self.collector.refs.items() if key not in fetched]
+        problems = run_async(lambda: download_all(self.settings, self.run_dir, refs, sink,
+                                                       result.prompt_id if result else None)) if refs else []
+        rec = self.record
         prompt_id = result.prompt_id if result is not None else getattr(error, "prompt_id", None)
         outcome = outcome_from_event(result.outcome if result is not None else _outcome_of(error))
         reason = str(error) if error is not None else (result.message if outcome != "success" else "")
         rec = replace(rec, prompt_id=prompt_id or rec.prompt_id, outcome=outcome,
                       error=reason.splitlines()[0] if reason else None,
-                      timings=replace(rec.timings, submitted=rec.timings.submitted or created,
-                                      started=collector.started_at, finished=utc_now()))
+                      timings=replace(rec.timings, submitted=rec.timings.submitted or rec.timings.created,
+                                      started=self.collector.started_at or rec.timings.started,
+                                      finished=utc_now()))
         try:
-            make_run_sheet(run_dir, record=rec)
+            make_run_sheet(self.run_dir, record=rec)
         except LorawfError as exc:
             sink(WarningEvent(prompt_id, "sheet_failed", str(exc)))
-        rec = replace(rec, files=tuple(scan_files(run_dir)))
-        write_record(run_dir, rec, secrets)
-        state["record"] = rec
+        rec = replace(rec, files=tuple(scan_files(self.run_dir)))
+        write_record(self.run_dir, rec, self.secrets)
+        self.record = rec
         return problems
 
-    def observe(event: Event) -> None:
-        if state["record"].prompt_id is None and event.prompt_id:
-            rec = replace(state["record"], prompt_id=event.prompt_id,
-                          timings=replace(state["record"].timings, submitted=utc_now()))
-            state["record"] = rec
-            write_record(run_dir, rec, secrets)  # a crash from here on still names the prompt
-        collector(event)
 
-    submit_options: SubmitOptions = replace(submit, download=None, observer=observe, after_run=after_run)
-    run_submission(settings, built.patch.workflow, submit_options)
+def resume_run(settings: ServerSettings, run_dir: Path, submit: Any, server_input_dir: str | None = None,
+               server_output_dir: str | None = None, as_you_go: bool = False) -> Path:
+    """Re-attach to a recorded run: follow its prompt to the end (or read its end from history), download
+    every output still missing, redraw the sheet and update ``run.json``."""
+    from lorawf.cli_server import run_async, run_watch
+    from lorawf.client import fetch_server_facts
+    from lorawf.errors import InputError
+    from lorawf.record import read_record
+    from lorawf.server_paths import learn_folders
+
+    record = read_record(run_dir)
+    if not record.prompt_id:
+        raise InputError(f"{run_dir}: run.json names no prompt: the run was never submitted; start it again "
+                         "with `lorawf run`")
+    stats, folder_paths = run_async(lambda: fetch_server_facts(settings))
+    folders = learn_folders(folder_paths, stats, server_input_dir, server_output_dir)
+    follower = RunFollower(settings, run_dir, record, folders, as_you_go)
+    run_watch(settings, record.prompt_id, follower.options(submit))
     return run_dir
 
 

@@ -256,3 +256,46 @@ def test_a_server_restart_mid_run_is_a_lost_prompt_not_a_hang(comfy_server_facto
     assert "is lost: it is neither queued, running nor in the history" in line
     record = json.loads((only_run_dir(out) / "run.json").read_text())
     assert record["outcome"] == "lost" and record["error"]
+
+
+def test_resume_after_the_terminal_went_away(comfy_server_factory: Any, tmp_path: Path) -> None:
+    server = comfy_server_factory(step_delay=0.002)
+    out = tmp_path / "runs"
+    proc = _start_run(server, tmp_path, out)
+    _wait_for_progress(proc, 300)
+    proc.kill()  # a closed laptop: no cancel, the prompt goes on running on the server
+    proc.wait(timeout=30)
+    run_dir = only_run_dir(out)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["outcome"] == "pending" and record["prompt_id"]
+
+    resumed = lorawf("resume", str(run_dir), "--json", tmp=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    events = [json.loads(line) for line in resumed.stdout.splitlines()]
+    assert events[-1]["event"] == "done" and events[-1]["outcome"] == "success"
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["outcome"] == "success"
+    plan = plan_training(30)
+    name = run_dir.name
+    expected = {f"{name}_rank16_bf16-step{s:05d}.safetensors" for s in plan.checkpoint_steps}
+    expected.add(f"{name}_rank16_bf16.safetensors")
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == expected
+    assert len(list((run_dir / "validation").iterdir())) == 6 * len(plan.checkpoint_steps)
+    assert (run_dir / "contact_sheet.png").exists()
+    assert {f["path"] for f in record["files"]} >= {f"checkpoints/{n}" for n in expected}
+
+    again = lorawf("resume", str(run_dir), tmp=tmp_path)  # nothing left to do, nothing duplicated
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} == expected
+
+
+def test_resume_needs_a_submitted_run(tmp_path: Path) -> None:
+    from lorawf.record import RunRecord, Timings, utc_now, write_record
+
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    write_record(run_dir, RunRecord(name="r", plan={}, patch=[], template="t", server_url="http://127.0.0.1:9",
+                                    timings=Timings(created=utc_now())))
+    proc = lorawf("resume", str(run_dir), tmp=tmp_path)
+    assert proc.returncode == 3
+    assert "never submitted" in proc.stderr and "Traceback" not in proc.stderr
