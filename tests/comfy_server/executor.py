@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lorawf.workflow_io import is_link  # ComfyUI's own rule, as in execution.py
+
 if TYPE_CHECKING:
     from tests.comfy_server.app import ServerState
 
@@ -34,16 +36,6 @@ class SimulatedError(Exception):
 class NodeOutput:
     outputs: tuple[Any, ...] = ()
     ui: dict[str, Any] | None = None
-
-
-def is_link(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[0], str)
-        and isinstance(value[1], (int, float))
-        and not isinstance(value[1], bool)
-    )
 
 
 def format_value(x: Any) -> Any:
