@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import ssl
@@ -62,7 +61,7 @@ from lorawf.events import (
     node_title,
     parse_binary_frame,
 )
-from lorawf.fsutil import atomic_write_bytes
+from lorawf.fsutil import atomic_write_bytes, sha256_file
 from lorawf.safepaths import UnsafePath, free_name, is_within, local_path, partial_path
 from lorawf.server_settings import ServerSettings
 
@@ -1001,15 +1000,7 @@ async def cancel_prompt(client: ComfyClient, prompt_id: str, *, settle: float = 
 
 
 def _same_content(a: Path, b: Path) -> bool:
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    ha, hb = hashlib.sha256(), hashlib.sha256()
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        for chunk in iter(lambda: fa.read(1 << 20), b""):
-            ha.update(chunk)
-        for chunk in iter(lambda: fb.read(1 << 20), b""):
-            hb.update(chunk)
-    return ha.digest() == hb.digest()
+    return a.stat().st_size == b.stat().st_size and sha256_file(a) == sha256_file(b)
 
 
 def _place(part: Path, final: Path) -> tuple[Path, str]:

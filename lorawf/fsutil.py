@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 
 from lorawf.errors import InputError
+
+CHUNK = 1 << 20  # read size for hashing: flat memory whatever the file size
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -34,3 +37,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def atomic_write_text(path: Path, text: str) -> None:
     """UTF-8 text version of :func:`atomic_write_bytes` (``\\n`` line endings on every platform)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def sha256_file(path: Path) -> tuple[int, str]:
+    """``(size, sha256 hex)`` of a file, read in 1 MiB chunks (flat memory for multi-GB checkpoints)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()

@@ -11,7 +11,6 @@ Secrets never reach disk: :func:`write_record` refuses a record whose text conta
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lorawf.errors import InputError, RecordError, SecretInRecord
-from lorawf.fsutil import atomic_write_text
+from lorawf.fsutil import atomic_write_text, sha256_file
 
 SCHEMA = "lorawf.run/1"
 RECORD_NAME = "run.json"
@@ -34,7 +33,6 @@ KINDS = ("checkpoint", "final_lora", "validation_image", "other")
 MIN_SECRET_LENGTH = 6
 #: Files :func:`scan_files` leaves out: partial downloads and temp files.
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".download")
-CHUNK = 1 << 20
 
 _CHECKPOINT_RE = re.compile(r"-step(\d{5,})\.safetensors$")
 VALIDATION_IMAGE_RE = re.compile(r"^val_step(\d+)_(\d+)_\.png$")
@@ -383,16 +381,6 @@ def classify_file(name: str) -> tuple[str, int | None]:
         return "validation_image", int(match.group(1))
     return "other", None
 
-
-def sha256_file(path: Path) -> tuple[int, str]:
-    """``(size, sha256 hex)`` of a file, read in 1 MiB chunks (flat memory for multi-GB checkpoints)."""
-    digest = hashlib.sha256()
-    size = 0
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def file_entry(path: Path, root: Path, kind: str | None = None, step: int | None = None) -> FileEntry:

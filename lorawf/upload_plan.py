@@ -16,9 +16,9 @@ from typing import Any
 
 from lorawf.dataset import CAPTION_EXTENSION, DatasetScan
 from lorawf.errors import DatasetError
+from lorawf.fsutil import sha256_file
 
 MANIFEST_NAME = "lorawf-manifest.json"
-CHUNK = 1 << 20
 # httpx escapes '"' and '\' and control characters in multipart file names, and the server stores what it
 # receives literally: such names would land under another name, so they are refused.
 _FORBIDDEN = set('/\\"\x00') | {chr(c) for c in range(32)} | {"\x7f"}
@@ -47,16 +47,6 @@ def safe_upload_name(name: str, folder: Path) -> str:
         raise DatasetError(f"{folder / name}: file name longer than 200 bytes; rename the file")
     return normal
 
-
-def sha256_file(path: Path) -> tuple[int, str]:
-    """Size and sha256 of a file, read in 1 MiB chunks (flat memory)."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def dataset_files(scan: DatasetScan) -> list[UploadFile]:

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from lorawf.errors import InputError, exit_code_for
+from lorawf.fsutil import CHUNK
 from lorawf.plan import plan_training
 from lorawf.record import (
-    CHUNK,
     RECORD_NAME,
     SCHEMA,
     FileEntry,
