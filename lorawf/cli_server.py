@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from lorawf.cli_offline import plan_options  # click decorators only: nothing heavy
 from lorawf.errors import (
     Cancelled,
     LorawfError,
@@ -367,16 +368,10 @@ def cancel_cmd(prompt_id: str, server: str | None, headers: tuple[str, ...], ca_
         click.echo(message)
 
 
-def _plan_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    from lorawf.cli_offline import plan_options
-
-    return plan_options(func)
-
-
 @click.command("run")
 @click.argument("dataset", required=False, type=click.Path(path_type=Path))
 @click.option("--token", required=True, help="Trigger token that replaces STYLE_TOKEN (class_tokens, prompts).")
-@_plan_options
+@plan_options
 @click.option("--upload", is_flag=True, help="Upload the dataset's images and captions to the server first.")
 @click.option("--server-dataset-path", help="Dataset folder that already exists on the GPU host (no upload).")
 @click.option("--server-input-dir", help="ComfyUI's input folder on the GPU host (default: learned from the server).")

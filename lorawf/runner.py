@@ -63,11 +63,11 @@ def local_target(run_dir: Path, ref: OutputFile, role: str) -> Path:
 class OutputCollector:
     """Watches the event stream: remembers every output file and maps checkpoint paths to ``/view`` refs."""
 
-    def __init__(self, folders: Any, echo_warning: Sink) -> None:
+    def __init__(self, folders: Any) -> None:
         self.folders = folders
         self.refs: dict[tuple[str, str, str], tuple[OutputFile, str]] = {}
         self.started_at: Any = None
-        self._warn = echo_warning
+        self.warnings: list[Event] = []  # shown when the run ends (the observer cannot print)
         self.new_checkpoints: queue.Queue[tuple[OutputFile, str] | None] = queue.Queue()
 
     def __call__(self, event: Event) -> None:
@@ -85,7 +85,7 @@ class OutputCollector:
             path = event.text.strip()
             mapped = relative_to_output(path, self.folders)
             if mapped is None:
-                self._warn(WarningEvent(event.prompt_id, "checkpoint_outside_output",
+                self.warnings.append(WarningEvent(event.prompt_id, "checkpoint_outside_output",
                                         f"checkpoint {path} is outside the server's output folder; not downloadable"))
                 return
             subfolder, filename = mapped
@@ -258,7 +258,7 @@ class RunFollower:
         self.run_dir = run_dir
         self.record = record
         self.secrets = settings.secret_values()
-        self.collector = OutputCollector(folders, lambda e: None)
+        self.collector = OutputCollector(folders)
         self.eager = EagerDownloader(settings, run_dir, self.collector) if as_you_go else None
 
     def options(self, submit: Any) -> Any:
@@ -279,6 +279,8 @@ class RunFollower:
         from lorawf.record import outcome_from_event, scan_files, utc_now, write_record
         from lorawf.sheet import make_run_sheet
 
+        for event in self.collector.warnings:
+            sink(event)
         if self.eager is not None:
             self.eager.stop()
             for event in self.eager.events:

@@ -299,3 +299,16 @@ def test_resume_needs_a_submitted_run(tmp_path: Path) -> None:
     proc = lorawf("resume", str(run_dir), tmp=tmp_path)
     assert proc.returncode == 3
     assert "never submitted" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_checkpoint_paths_map_to_downloads_or_to_a_warning() -> None:
+    from lorawf.events import Output
+    from lorawf.runner import OutputCollector
+    from lorawf.server_paths import ServerFolders
+
+    collector = OutputCollector(ServerFolders("/srv/in", "/srv/out"))
+    collector(Output("p", node="9", key="text", role="checkpoint", text="/srv/out/lorawf/r/x-step00250.safetensors"))
+    collector(Output("p", node="9", key="text", role="checkpoint", text="/elsewhere/x.safetensors"))
+    assert [(ref.subfolder, ref.filename, role) for ref, role in collector.refs.values()] == [
+        ("lorawf/r", "x-step00250.safetensors", "checkpoint")]
+    assert [w.code for w in collector.warnings] == ["checkpoint_outside_output"]  # type: ignore[attr-defined]
