@@ -232,7 +232,10 @@ def execute_run(settings: ServerSettings, request: RunRequest, submit: Any, echo
             echo(f"warning: {advice.message}")
     atomic_write_text(run_dir / "workflow.json", built.text)
     if request.preflight:
-        preflight_or_warn(settings, built.patch.workflow, f"{run_dir / 'workflow.json'}")
+        from lorawf.schema_cache import server_schemas
+
+        preflight_or_warn(settings, built.patch.workflow, f"{run_dir / 'workflow.json'}",
+                          server_schemas(settings, system_stats=stats))
 
     record = RunRecord(
         name=name, plan=built.plan.to_dict(), patch=built.patch.operations, template=str(built.template_path),

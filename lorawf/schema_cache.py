@@ -76,10 +76,11 @@ async def fetch_raw_object_info(settings: ServerSettings) -> dict[str, Any]:
     return await fetch_object_info(settings)
 
 
-async def _server_object_info(settings: ServerSettings, refresh: bool) -> tuple[dict[str, Any], str]:
+async def _server_object_info(settings: ServerSettings, refresh: bool,
+                              stats: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
     from lorawf.client import fetch_object_info, fetch_system_stats
 
-    version = _version(await fetch_system_stats(settings))
+    version = _version(stats if stats is not None else await fetch_system_stats(settings))
     url = settings.redacted_url
     if not refresh:
         cached = load_cached(url, version)
@@ -90,9 +91,13 @@ async def _server_object_info(settings: ServerSettings, refresh: bool) -> tuple[
     return data, version
 
 
-def server_schemas(settings: ServerSettings, *, refresh: bool = False) -> SchemaSet:
-    """Schemas of a live server (``/system_stats`` for the version, then the cache or ``/object_info``)."""
+def server_schemas(settings: ServerSettings, *, refresh: bool = False,
+                   system_stats: Mapping[str, Any] | None = None) -> SchemaSet:
+    """Schemas of a live server (``/system_stats`` for the version, then the cache or ``/object_info``).
+
+    ``system_stats``: the server's answer when the caller already has it (saves a request).
+    """
     import asyncio
 
-    data, version = asyncio.run(_server_object_info(settings, refresh))
+    data, version = asyncio.run(_server_object_info(settings, refresh, system_stats))
     return parse_object_info(data, source=f"{settings.redacted_url} (ComfyUI {version})")
