@@ -86,7 +86,6 @@ class Roles:
     """Where each role sits in a workflow (node ids)."""
 
     init: str
-    model_select: str | None
     general_config: str | None
     dataset_adds: tuple[str, ...]
     optimizer: str | None
@@ -102,7 +101,6 @@ class PatchResult:
 
     workflow: Workflow
     operations: list[dict[str, Any]] = field(default_factory=list)
-    roles: Roles | None = None
 
 
 # --------------------------------------------------------------------------- token
@@ -197,7 +195,6 @@ def find_roles(workflow: Workflow, schemas: SchemaSet) -> Roles:
             f"{_label(workflow, init)}: TrainNetworkConfig is wired into network_config; at FluxTrainer 639b3e8 it "
             "crashes with network_type 'lora' and selects the SD LoRA module. Remove it for Flux LoRA training"
         )
-    model_select = _linked_source(workflow, init, "flux_models")
     optimizer = _linked_source(workflow, init, "optimizer_settings")
 
     # Dataset chain: Init.dataset <- TrainDatasetAdd <- ... <- TrainDatasetGeneralConfig
@@ -289,7 +286,7 @@ def find_roles(workflow: Workflow, schemas: SchemaSet) -> Roles:
                     side.append(cid)
                     frontier.append(cid)
         blocks.append(Block(tuple(members), tuple(side)))
-    return Roles(init, model_select, general, tuple(adds), optimizer, prompts, prefix, tuple(blocks), end)
+    return Roles(init, general, tuple(adds), optimizer, prompts, prefix, tuple(blocks), end)
 
 
 # --------------------------------------------------------------------------- writing values
@@ -570,7 +567,7 @@ def patch_workflow(
 
     operations = diff_workflows(template, target)
     patched = jsonpatch.apply_patch(template, operations, in_place=False)
-    return PatchResult(patched, operations, roles)
+    return PatchResult(patched, operations)
 
 
 def training_steps(workflow: Workflow, schemas: SchemaSet) -> tuple[int, list[int]]:
