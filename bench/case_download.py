@@ -1,5 +1,5 @@
 """Case 5: download. One large output file (1 GiB; 64 MiB with ``--quick``) streamed from the test server's
-``/view`` by lorawf's :func:`lorawf.client.download_file`, against curl on the same loopback, and the peak
+``/view`` by lorawf's :func:`lorawf.net.client.download_file`, against curl on the same loopback, and the peak
 memory of a process that does only that download.
 
 Each lorawf sample is a fresh ``python -m bench.case_download probe ...`` process: its own timer around the
@@ -49,9 +49,9 @@ def fsync_file(path: Path) -> float:
 
 def probe(url: str, filename: str, dest: str) -> None:
     """Child process: download one file with lorawf's client and print ``{"seconds", "bytes"}``."""
-    from lorawf.client import ComfyClient, download_file
-    from lorawf.events import OutputFile
-    from lorawf.server_settings import ServerSettings
+    from lorawf.comfy.events import OutputFile
+    from lorawf.net.client import ComfyClient, download_file
+    from lorawf.net.settings import ServerSettings
 
     async def go() -> tuple[float, int]:
         async with ComfyClient(ServerSettings(url)) as client:

@@ -2,8 +2,8 @@
 folds into progress state, fed at full speed; and how much CPU ``lorawf watch`` burns while a realistic run
 emits 10 messages/s.
 
-Throughput runs lorawf's own :func:`lorawf.client.watch_prompt` in this process (websocket, JSON decode, the
-waiter loop and the :class:`~lorawf.events.RunState` fold; the sink only counts), against ``bench.server``
+Throughput runs lorawf's own :func:`lorawf.net.client.watch_prompt` in this process (websocket, JSON decode, the
+waiter loop and the :class:`~lorawf.comfy.events.RunState` fold; the sink only counts), against ``bench.server``
 sending a pre-encoded stream as fast as the socket takes it. Two streams: ``progress`` (only progress
 messages, plus ``executing`` at each loop start: the target) and ``comfy`` (each step preceded by the
 ``progress_state`` message ComfyUI 0.3.64 sends, whose size grows with the finished nodes: for information).
@@ -61,9 +61,9 @@ def flood_in_thread(server: RunningServer, body: dict[str, Any]) -> tuple[thread
 
 def watch_in_process(server: RunningServer, workflow: dict[str, Any], count: int, mix: str) -> dict[str, float]:
     """One full-speed stream of ``count`` progress messages into :func:`watch_prompt`; returns timings."""
-    from lorawf.client import WaitOptions, watch_prompt
-    from lorawf.events import Event, Progress
-    from lorawf.server_settings import ServerSettings
+    from lorawf.comfy.events import Event, Progress
+    from lorawf.net.client import WaitOptions, watch_prompt
+    from lorawf.net.settings import ServerSettings
 
     prompt_id, client_id = submit_pending(server, workflow)
     seen = {"progress": 0, "events": 0}

@@ -56,11 +56,11 @@ def loglog_slope(sizes: list[int], seconds: list[float]) -> float:
 
 def run(ctx: Context) -> CaseResult:
     """Time the patcher on the bundled template and on synthetic workflows."""
-    from lorawf.build import build_workflow, load_template
-    from lorawf.patch import PatchOptions, patch_workflow
-    from lorawf.plan import plan_training
-    from lorawf.schema import bundled_schemas
-    from lorawf.workflow_io import dumps_workflow
+    from lorawf.comfy.schema import bundled_schemas
+    from lorawf.training.plan import plan_training
+    from lorawf.workflow.build import build_workflow, load_template
+    from lorawf.workflow.io import dumps_workflow
+    from lorawf.workflow.patch import PatchOptions, patch_workflow
 
     result = CaseResult(NAME, TITLE)
     _, template = load_template()

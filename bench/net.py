@@ -21,7 +21,7 @@ from bench.harness import ROOT, Skip
 
 def require_server_modules() -> None:
     """:class:`Skip` unless the client and the test server this case measures are importable."""
-    for module in ("lorawf.client", "tests.comfy_server.app"):
+    for module in ("lorawf.net.client", "tests.comfy_server.app"):
         try:
             found = importlib.util.find_spec(module) is not None
         except ModuleNotFoundError:
@@ -96,8 +96,8 @@ def bench_server(root: Path, *, worker: bool = False) -> Iterator[RunningServer]
 
 def training_workflow() -> dict[str, Any]:
     """The bundled template planned for 43 images and patched, as ``lorawf patch`` would write it."""
-    from lorawf.build import build_workflow
-    from lorawf.patch import PatchOptions
+    from lorawf.workflow.build import build_workflow
+    from lorawf.workflow.patch import PatchOptions
 
     options = PatchOptions("inkwash", "/data/inkwash", "/data/out", None, ())
     return dict(build_workflow(43, options).patch.workflow)
@@ -105,7 +105,7 @@ def training_workflow() -> dict[str, Any]:
 
 def loop_nodes(workflow: dict[str, Any]) -> list[tuple[str, int]]:
     """``(node id, steps)`` of every training loop, in run order."""
-    from lorawf.events import RunState
+    from lorawf.comfy.events import RunState
 
     state = RunState("x", workflow)
     return [(node, int(info.steps or 1)) for node, info in state.loops.items()]

@@ -111,3 +111,9 @@ def free_name(path: Path, exists: Callable[[Path], bool], limit: int = 10000) ->
 def partial_path(final: Path) -> Path:
     """The temp name a download is written to until it is complete (hidden, same folder)."""
     return final.with_name(f".{final.name}.part")
+
+
+def file_stem(token: str) -> str:
+    """The token made safe for server file names (output_name, image prefixes): [A-Za-z0-9._-] only."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", token).strip("._")
+    return stem or "style"

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from lorawf import bulk_get, client
-from lorawf.events import OutputFile
-from lorawf.server_settings import ServerSettings
+from lorawf.comfy.events import OutputFile
+from lorawf.net import bulk_get, client
+from lorawf.net.settings import ServerSettings
 
 
 @pytest.fixture

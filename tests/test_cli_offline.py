@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from lorawf.cli import main
-from lorawf.comfy_validate import validate_prompt
+from lorawf.comfy.schema import bundled_schemas
+from lorawf.comfy.validate import validate_prompt
 from lorawf.fsutil import atomic_write_text
-from lorawf.schema import bundled_schemas
 
 ROOT = Path(__file__).parent.parent
 DATASET = ROOT / "fixtures" / "datasets" / "ink_wash"
@@ -190,12 +190,12 @@ def test_an_unwritable_output_is_one_line_and_exit_3(tmp_path: Path) -> None:
 
 
 def test_an_unexpected_failure_is_one_line_not_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lorawf.plan
+    import lorawf.training.plan
 
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(lorawf.plan, "plan_training", broken)
+    monkeypatch.setattr(lorawf.training.plan, "plan_training", broken)
     monkeypatch.delenv("LORAWF_DEBUG", raising=False)
     code, _, err = run("plan", "--images", "43")
     assert code == 1

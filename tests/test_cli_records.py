@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from lorawf.cli import main
-from lorawf.cli_records import human_size
-from lorawf.record import RECORD_NAME, SHEET_NAME, FileEntry, write_record
-from lorawf.sheet import SheetLayout
+from lorawf.cli.records import human_size
+from lorawf.runs.record import RECORD_NAME, SHEET_NAME, FileEntry, write_record
+from lorawf.runs.sheet import SheetLayout
 from tests.test_record import T0, make_record
 
 

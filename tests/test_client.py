@@ -10,7 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from lorawf.client import (
+from lorawf.comfy.events import Download, Event, Progress, Queued, WarningEvent
+from lorawf.errors import Cancelled, PromptLost, ProtocolError, ServerUnreachable, exit_code_for
+from lorawf.net.client import (
     PromptRejected,
     WaitOptions,
     WaitTimeout,
@@ -21,9 +23,7 @@ from lorawf.client import (
     submit_and_wait,
     watch_prompt,
 )
-from lorawf.errors import Cancelled, PromptLost, ProtocolError, ServerUnreachable, exit_code_for
-from lorawf.events import Download, Event, Progress, Queued, WarningEvent
-from lorawf.server_settings import ServerSettings
+from lorawf.net.settings import ServerSettings
 
 
 def http_get(url: str, **kw: Any) -> httpx.Response:

@@ -734,7 +734,7 @@ async def test_plain_get_routes_match_recording(comfy_server: ComfyServer) -> No
 
 
 def load_bundled() -> dict[str, Any]:
-    from lorawf.schema import bundled_object_info
+    from lorawf.comfy.schema import bundled_object_info
 
     return bundled_object_info()
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from lorawf.comfy_validate import ServerCrash, validate_node_input, validate_prompt
-from lorawf.schema import bundled_schemas
+from lorawf.comfy.schema import bundled_schemas
+from lorawf.comfy.validate import ServerCrash, validate_node_input, validate_prompt
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "transcripts"
 SCHEMAS = bundled_schemas()
@@ -143,7 +143,7 @@ def test_float_for_int_is_truncated_like_the_server() -> None:
 
 
 def test_long_combo_lists_are_summarised() -> None:
-    from lorawf.schema import parse_object_info
+    from lorawf.comfy.schema import parse_object_info
 
     raw = {
         "Pick": {"input": {"required": {"name": [[f"m{i}.safetensors" for i in range(21)]]}},

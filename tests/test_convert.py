@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from lorawf.convert import CONTROL_VALUES, convert_ui, ui_to_api
+from lorawf.comfy.preflight import preflight
+from lorawf.comfy.schema import bundled_schemas, parse_object_info
 from lorawf.errors import WorkflowFormatError
-from lorawf.preflight import preflight
-from lorawf.schema import bundled_schemas, parse_object_info
-from lorawf.workflow_io import as_api_workflow, load_workflow
+from lorawf.workflow.convert import CONTROL_VALUES, convert_ui, ui_to_api
+from lorawf.workflow.io import as_api_workflow, load_workflow
 
 UPSTREAM = Path(__file__).resolve().parent.parent / "fixtures" / "upstream-workflows"
 SCHEMAS = bundled_schemas()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lorawf.dataset import scan_dataset
 from lorawf.errors import DatasetError
+from lorawf.training.dataset import scan_dataset
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "datasets" / "ink_wash"
 

@@ -7,7 +7,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from lorawf.events import (
+from lorawf.comfy.events import (
     SCHEMA,
     Cached,
     Done,

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from lorawf.errors import InputError
-from lorawf.naming import MAX_STEM, run_name, unique_run_name
+from lorawf.training.naming import MAX_STEM, run_name, unique_run_name
 
 WHEN = datetime(2026, 11, 25, 18, 15, 2, tzinfo=timezone.utc)
 

@@ -10,13 +10,13 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from lorawf.comfy_validate import validate_prompt
+from lorawf.comfy.schema import bundled_schemas
+from lorawf.comfy.validate import validate_prompt
 from lorawf.errors import OverrideError, TemplateError, TokenError
-from lorawf.patch import PatchOptions, find_roles, patch_workflow, training_steps, validate_token
-from lorawf.plan import PlanOverrides, plan_training
-from lorawf.schema import bundled_schemas
-from lorawf.templates import bundled_template_path
-from lorawf.workflow_io import dumps_workflow
+from lorawf.training.plan import PlanOverrides, plan_training
+from lorawf.workflow.io import dumps_workflow
+from lorawf.workflow.patch import PatchOptions, find_roles, patch_workflow, training_steps, validate_token
+from lorawf.workflow.templates import bundled_template_path
 
 SCHEMAS = bundled_schemas()
 
@@ -246,7 +246,7 @@ def test_committed_generated_workflows_are_valid() -> None:
 
 @pytest.mark.parametrize("images", [8, 43, 100])
 def test_preflight_is_clean_on_the_template_and_every_patched_output(template: dict[str, Any], images: int) -> None:
-    from lorawf.preflight import preflight
+    from lorawf.comfy.preflight import preflight
 
     assert preflight(template, SCHEMAS) == []
     patched = patch_workflow(template, plan_training(images, PlanOverrides(network_dim=32)),

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from lorawf.comfy.schema import bundled_schemas
 from lorawf.errors import DatasetError, OverrideError
-from lorawf.plan import LIMITS, PlanOverrides, checkpoint_interval_for, format_plan, plan_training
-from lorawf.schema import bundled_schemas
+from lorawf.training.plan import LIMITS, PlanOverrides, checkpoint_interval_for, format_plan, plan_training
 
 
 @pytest.mark.parametrize(

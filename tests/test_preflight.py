@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from lorawf import schema_cache
 from lorawf.cli import main
+from lorawf.comfy.preflight import Problem, closest_names, preflight, raise_if_problems, render_json
+from lorawf.comfy.schema import bundled_object_info, bundled_schemas
 from lorawf.errors import ValidationFailed
-from lorawf.preflight import Problem, closest_names, preflight, raise_if_problems, render_json
-from lorawf.schema import bundled_object_info, bundled_schemas
-from lorawf.server_settings import ServerSettings
+from lorawf.net import schema_cache
+from lorawf.net.settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "preflight_corpus"
@@ -153,7 +153,7 @@ def test_offline_validate_does_not_import_the_network_stack(tmp_path: Path) -> N
     path = _write(tmp_path, "clean_accept")
     code = ("import sys; from lorawf.cli import main\n"
             f"try:\n    main(['validate', {str(path)!r}])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('httpx', 'websockets', 'lorawf.client') if m in sys.modules))")
+            "print(sorted(m for m in ('httpx', 'websockets', 'lorawf.net.client') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
@@ -173,7 +173,7 @@ def test_cache_key_is_per_server_and_version(tmp_path: Path) -> None:
 
 
 def test_server_schemas_fetch_once_then_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lorawf import client
+    from lorawf.net import client
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls: list[str] = []

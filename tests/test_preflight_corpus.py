@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from lorawf.comfy_validate import ServerCrash, validate_prompt
-from lorawf.preflight import EXTRA_TYPES, preflight
-from lorawf.schema import bundled_schemas
+from lorawf.comfy.preflight import EXTRA_TYPES, preflight
+from lorawf.comfy.schema import bundled_schemas
+from lorawf.comfy.validate import ServerCrash, validate_prompt
 
 HERE = Path(__file__).resolve().parent
 CORPUS = sorted((HERE / "preflight_corpus").glob("*.json"))

@@ -14,8 +14,7 @@ import pytest
 
 from lorawf.errors import InputError, exit_code_for
 from lorawf.fsutil import CHUNK
-from lorawf.plan import plan_training
-from lorawf.record import (
+from lorawf.runs.record import (
     RECORD_NAME,
     SCHEMA,
     FileEntry,
@@ -32,6 +31,7 @@ from lorawf.record import (
     scan_files,
     write_record,
 )
+from lorawf.training.plan import plan_training
 
 T0 = datetime(2026, 11, 25, 18, 15, 2, 125000, tzinfo=timezone.utc)
 SECRET = "s3cr3t-bearer-token-value"

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lorawf.plan import plan_training
+from lorawf.training.plan import plan_training
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = REPO / "fixtures" / "datasets" / "ink_wash"
@@ -290,7 +290,7 @@ def test_resume_after_the_terminal_went_away(comfy_server_factory: Any, tmp_path
 
 
 def test_resume_needs_a_submitted_run(tmp_path: Path) -> None:
-    from lorawf.record import RunRecord, Timings, utc_now, write_record
+    from lorawf.runs.record import RunRecord, Timings, utc_now, write_record
 
     run_dir = tmp_path / "r"
     run_dir.mkdir()
@@ -302,9 +302,9 @@ def test_resume_needs_a_submitted_run(tmp_path: Path) -> None:
 
 
 def test_checkpoint_paths_map_to_downloads_or_to_a_warning() -> None:
-    from lorawf.events import Output
-    from lorawf.runner import OutputCollector
-    from lorawf.server_paths import ServerFolders
+    from lorawf.comfy.events import Output
+    from lorawf.comfy.folders import ServerFolders
+    from lorawf.runs.pipeline import OutputCollector
 
     collector = OutputCollector(ServerFolders("/srv/in", "/srv/out"))
     collector(Output("p", node="9", key="text", role="checkpoint", text="/srv/out/lorawf/r/x-step00250.safetensors"))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lorawf.comfy.schema import bundled_schemas, load_object_info_file, parse_object_info
 from lorawf.errors import InputError
-from lorawf.schema import bundled_schemas, load_object_info_file, parse_object_info
 
 
 def test_bundled_snapshot_has_every_fluxtrainer_node_and_the_core_subset() -> None:

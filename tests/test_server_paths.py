@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lorawf.comfy.folders import ServerFolders, learn_folders, relative_to_output
 from lorawf.errors import InputError
-from lorawf.server_paths import ServerFolders, learn_folders, relative_to_output
 
 RECORDED = json.loads((Path(__file__).parent.parent / "fixtures" / "transcripts" / "folder_paths.json").read_text())
 FOLDER_PATHS = RECORDED["/internal/folder_paths"]["body"]

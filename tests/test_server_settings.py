@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lorawf.errors import UsageError
-from lorawf.server_settings import DEFAULT_SERVER, ServerSettings, parse_header
+from lorawf.net.settings import DEFAULT_SERVER, ServerSettings, parse_header
 
 
 def test_server_comes_from_the_option_then_the_environment_then_the_default() -> None:

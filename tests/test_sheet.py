@@ -8,11 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lorawf.build import build_workflow
 from lorawf.errors import InputError
-from lorawf.patch import PatchOptions
-from lorawf.record import RECORD_NAME, SHEET_NAME, write_record
-from lorawf.sheet import (
+from lorawf.runs.record import RECORD_NAME, SHEET_NAME, write_record
+from lorawf.runs.sheet import (
     CELL_BACKGROUND,
     PLACEHOLDER,
     SheetLayout,
@@ -27,6 +25,8 @@ from lorawf.sheet import (
     sheet_title,
     split_prompts,
 )
+from lorawf.workflow.build import build_workflow
+from lorawf.workflow.patch import PatchOptions
 from tests.test_record import make_record
 
 STEPS = (250, 500, 750, 1000)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lorawf.dataset import scan_dataset
 from lorawf.errors import DatasetError
-from lorawf.upload_plan import dataset_digest, dataset_files, files_to_send, manifest, safe_upload_name
+from lorawf.net.upload_plan import dataset_digest, dataset_files, files_to_send, manifest, safe_upload_name
+from lorawf.training.dataset import scan_dataset
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "datasets" / "ink_wash"
 

@@ -105,7 +105,7 @@ class ServerState:
             self.nodes.update(nodes)
         self.dynamic_object_info = object_info is None
         if object_info is None:
-            from lorawf.schema import bundled_object_info
+            from lorawf.comfy.schema import bundled_object_info
 
             object_info = bundled_object_info()
         self.base_object_info = object_info
@@ -165,7 +165,7 @@ class ServerState:
         return info
 
     def schemas(self) -> Any:
-        from lorawf.schema import parse_object_info
+        from lorawf.comfy.schema import parse_object_info
 
         info = self.object_info()
         if self._oi_cache is not None and self._oi_cache[1] is info and self._oi_cache[2] is not None:
@@ -566,7 +566,7 @@ def make_app(state: ServerState) -> web.Application:
 
     @routes.post("/prompt")
     async def post_prompt(request: web.Request) -> web.Response:
-        from lorawf.comfy_validate import validate_prompt
+        from lorawf.comfy.validate import validate_prompt
 
         json_data = await request.json()
         if "number" in json_data:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lorawf.workflow_io import is_link  # ComfyUI's own rule, as in execution.py
+from lorawf.comfy.graph import is_link  # ComfyUI's own rule, as in execution.py
 
 if TYPE_CHECKING:
     from tests.comfy_server.app import ServerState

@@ -16,10 +16,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from lorawf.comfy.graph import is_link
 from lorawf.errors import InputError
 from lorawf.fsutil import atomic_write_bytes
-from lorawf.record import RECORD_NAME, SHEET_NAME, VALIDATION_IMAGE_RE, RunRecord, read_record
-from lorawf.workflow_io import is_link
+from lorawf.runs.record import RECORD_NAME, SHEET_NAME, VALIDATION_IMAGE_RE, RunRecord, read_record
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -103,7 +103,7 @@ def record_prompts(record: RunRecord) -> list[str]:
     try:
         import jsonpatch
 
-        from lorawf.workflow_io import as_api_workflow, read_json
+        from lorawf.workflow.io import as_api_workflow, read_json
 
         template = as_api_workflow(read_json(Path(record.template)), record.template)
         workflow = jsonpatch.apply_patch(template, record.patch, in_place=False)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Container
 from datetime import datetime, timezone
 
 from lorawf.errors import InputError
-from lorawf.patch import file_stem
+from lorawf.safepaths import file_stem
 
 #: Longest token part kept, so ``<name>_rank<dim>_<dtype>-step<NNNNN>.safetensors`` stays far below 255 bytes.
 MAX_STEM = 64
@@ -20,7 +20,7 @@ MAX_STEM = 64
 def run_name(token: str, images: int, when: datetime) -> str:
     """Return ``<token stem>-<images>img-<YYYYmmdd>-<HHMMSS>`` with ``when`` in UTC.
 
-    The token goes through :func:`lorawf.patch.file_stem` (``[A-Za-z0-9._-]`` only) and is cut to
+    The token goes through :func:`lorawf.safepaths.file_stem` (``[A-Za-z0-9._-]`` only) and is cut to
     :data:`MAX_STEM` characters. A naive ``when`` is taken as local time, as :meth:`datetime.astimezone` does.
     """
     if isinstance(images, bool) or not isinstance(images, int) or images < 0:

@@ -1,6 +1,6 @@
 """Uploading a dataset to the server's input folder, skipping what is already there.
 
-Names were checked by :mod:`lorawf.upload_plan`; this module only moves bytes through the client and
+Names were checked by :mod:`lorawf.net.upload_plan`; this module only moves bytes through the client and
 verifies that every file arrived whole. A manifest (name -> size, sha256) is written last, so an interrupted
 upload never leaves a manifest that claims files which are not there.
 """
@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorawf.client import ComfyClient
 from lorawf.errors import ProtocolError
-from lorawf.upload_plan import MANIFEST_NAME, UploadFile, files_to_send, manifest
+from lorawf.net.client import ComfyClient
+from lorawf.net.upload_plan import MANIFEST_NAME, UploadFile, files_to_send, manifest
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def runs_command(directory: Path, as_json: bool) -> None:
 
     An unreadable run.json is reported as a one-line warning and skipped.
     """
-    from lorawf.record import list_runs
+    from lorawf.runs.record import list_runs
 
     summaries = list_runs(directory)
     good = [s for s in summaries if s.error is None]
@@ -74,7 +74,7 @@ def sheet_command(run_dir: Path, output: Path | None) -> None:
 
     Prompts and the title come from RUN_DIR/run.json when it exists. Needs Pillow (pip install 'lorawf[sheet]').
     """
-    from lorawf.sheet import collect_validation_images, make_run_sheet
+    from lorawf.runs.sheet import collect_validation_images, make_run_sheet
 
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: not a folder (give a run folder written by `lorawf run --download`)")

@@ -63,7 +63,7 @@ def load_presets(path: Path) -> list[Preset]:
         seen_outputs.add(output)
         template = merged.pop("template", None)
         template_path = (base / str(template)).resolve() if template else None
-        from lorawf.templates import bundled_template_path
+        from lorawf.workflow.templates import bundled_template_path
 
         presets.append(Preset(name, output, template_path or bundled_template_path(), merged))
     return presets

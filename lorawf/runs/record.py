@@ -37,7 +37,7 @@ PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".download")
 _CHECKPOINT_RE = re.compile(r"-step(\d{5,})\.safetensors$")
 VALIDATION_IMAGE_RE = re.compile(r"^val_step(\d+)_(\d+)_\.png$")
 
-# Event outcomes (lorawf.events Done.outcome) -> record outcomes.
+# Event outcomes (lorawf.comfy.events Done.outcome) -> record outcomes.
 _EVENT_OUTCOMES = {
     "success": "success",
     "failed": "error",
@@ -179,7 +179,7 @@ class RunRecord:
 
 
 def outcome_from_event(outcome: str) -> str:
-    """Map a ``done`` event outcome (``lorawf.events``) to a record outcome: unknown failures are ``error``."""
+    """Map a ``done`` event outcome (``lorawf.comfy.events``) to a record outcome: unknown failures are ``error``."""
     return _EVENT_OUTCOMES.get(outcome, "error")
 
 

@@ -43,8 +43,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lorawf.comfy.schema import InputSpec, NodeSchema, SchemaSet
 from lorawf.errors import WorkflowFormatError
-from lorawf.schema import InputSpec, NodeSchema, SchemaSet
 
 __all__ = [
     "CONTROL_VALUES",

@@ -1,6 +1,6 @@
 """User-facing preflight: everything the server would reject, plus what it lets through silently.
 
-:func:`preflight` runs the faithful port of ComfyUI's validation (:mod:`lorawf.comfy_validate`) and
+:func:`preflight` runs the faithful port of ComfyUI's validation (:mod:`lorawf.comfy.validate`) and
 turns its verdict into :class:`Problem` objects that name node, title, class_type, input, value,
 the allowed range or values, and a fix. On top of that it reports what the server accepts without a
 word but that ruins a run:
@@ -25,10 +25,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lorawf.comfy_validate import PromptVerdict, ServerCrash, validate_prompt
+from lorawf.comfy.graph import is_link
+from lorawf.comfy.schema import InputSpec, NodeSchema, SchemaSet
+from lorawf.comfy.validate import PromptVerdict, ServerCrash, validate_prompt
 from lorawf.errors import ValidationFailed
-from lorawf.schema import InputSpec, NodeSchema, SchemaSet
-from lorawf.workflow_io import is_link
 
 __all__ = [
     "EXTRA_TYPES",

@@ -12,7 +12,7 @@ import click
 from lorawf.errors import DriftFound, UsageError
 
 if TYPE_CHECKING:  # the planner is imported when a command runs, not for `lorawf --help`
-    from lorawf.plan import PlanOverrides, TrainingPlan
+    from lorawf.training.plan import PlanOverrides, TrainingPlan
 
 COMMANDS: list[click.Command] = []
 
@@ -38,7 +38,7 @@ def plan_options(func: F) -> F:
 
 def overrides_from(kwargs: dict[str, Any]) -> PlanOverrides:
     """Pop the planning options out of click's kwargs."""
-    from lorawf.plan import PlanOverrides
+    from lorawf.training.plan import PlanOverrides
 
     names = ("network_dim", "network_alpha", "learning_rate", "max_train_steps", "steps_per_image",
              "checkpoint_interval", "batch_size", "num_repeats")
@@ -51,7 +51,7 @@ def resolve_images(dataset: Path | None, images: int | None) -> tuple[int, str |
         return images, None
     if dataset is None:
         raise UsageError("give a DATASET folder or --images N")
-    from lorawf.dataset import scan_dataset
+    from lorawf.training.dataset import scan_dataset
 
     scan = scan_dataset(dataset)
     return scan.image_count, scan.summary()
@@ -63,7 +63,7 @@ def resolve_images(dataset: Path | None, images: int | None) -> tuple[int, str |
 @click.option("--json", "as_json", is_flag=True, help="Print one machine-readable JSON object.")
 def plan_command(dataset: Path | None, images: int | None, as_json: bool, **kwargs: Any) -> None:
     """Plan hyperparameters for a DATASET folder (or --images N)."""
-    from lorawf.plan import format_plan, plan_training
+    from lorawf.training.plan import format_plan, plan_training
 
     count, summary = resolve_images(dataset, images)
     plan = plan_training(count, overrides_from(kwargs))
@@ -107,9 +107,9 @@ def patch_command(
     sets: tuple[str, ...], emit_patch: Path | None, output: str, **kwargs: Any,
 ) -> None:
     """Write a patched training workflow for DATASET (or --images N)."""
-    from lorawf.build import build_workflow
     from lorawf.fsutil import atomic_write_text
-    from lorawf.patch import PatchOptions
+    from lorawf.workflow.build import build_workflow
+    from lorawf.workflow.patch import PatchOptions
 
     count, summary = resolve_images(dataset, images)
     if server_dataset_path is None and dataset is not None:
@@ -137,11 +137,11 @@ COMMANDS.append(patch_command)
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 naming every file that is out of date.")
 def regen_command(presets: Path, check: bool) -> None:
     """Regenerate committed workflow files from a presets file (CI: --check fails on drift)."""
-    from lorawf.build import build_workflow
     from lorawf.fsutil import atomic_write_text
-    from lorawf.patch import PatchOptions
-    from lorawf.plan import PlanOverrides
-    from lorawf.regen import load_presets, short_diff
+    from lorawf.training.plan import PlanOverrides
+    from lorawf.workflow.build import build_workflow
+    from lorawf.workflow.patch import PatchOptions
+    from lorawf.workflow.regen import load_presets, short_diff
 
     drifted: list[str] = []
     for preset in load_presets(presets):

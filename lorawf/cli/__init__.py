@@ -57,9 +57,9 @@ def main() -> None:
 def _register_commands() -> None:
     # Imported here (not at the top) only to keep the registration in one visible place;
     # these modules import nothing heavy at module level.
-    from lorawf import cli_offline, cli_preflight, cli_records, cli_server
+    from lorawf.cli import offline, preflight, records, server
 
-    for module in (cli_offline, cli_preflight, cli_server, cli_records):
+    for module in (offline, preflight, server, records):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -1,6 +1,6 @@
 """Rendering run events: a live terminal display, plain log lines, or ``--json`` NDJSON.
 
-Each display is a callable sink for :class:`~lorawf.events.Event` objects plus ``close()``. Every string
+Each display is a callable sink for :class:`~lorawf.comfy.events.Event` objects plus ``close()``. Every string
 that leaves a display goes through :func:`scrub` with the server settings' secrets as a last defence.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from lorawf.events import (
+from lorawf.comfy.events import (
     Cached,
     CancelDone,
     Done,

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorawf.dataset import CAPTION_EXTENSION, DatasetScan
 from lorawf.errors import DatasetError
 from lorawf.fsutil import sha256_file
+from lorawf.training.dataset import CAPTION_EXTENSION, DatasetScan
 
 MANIFEST_NAME = "lorawf-manifest.json"
 # httpx escapes '"' and '\' and control characters in multipart file names, and the server stores what it

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from lorawf.comfy.events import Download, Event, Output, OutputFile, Started, WarningEvent
 from lorawf.errors import LorawfError, UsageError
-from lorawf.events import Download, Event, Output, OutputFile, Started, WarningEvent
-from lorawf.patch import PatchOptions
-from lorawf.plan import PlanOverrides
-from lorawf.server_settings import ServerSettings
+from lorawf.net.settings import ServerSettings
+from lorawf.training.plan import PlanOverrides
+from lorawf.workflow.patch import PatchOptions
 
 Echo = Callable[[str], None]
 Sink = Callable[[Event], None]
@@ -71,8 +71,8 @@ class OutputCollector:
         self.new_checkpoints: queue.Queue[tuple[OutputFile, str] | None] = queue.Queue()
 
     def __call__(self, event: Event) -> None:
-        from lorawf.record import utc_now
-        from lorawf.server_paths import relative_to_output
+        from lorawf.comfy.folders import relative_to_output
+        from lorawf.runs.record import utc_now
 
         if isinstance(event, Started) and self.started_at is None:
             self.started_at = utc_now()
@@ -132,7 +132,7 @@ class EagerDownloader:
 
 
 async def _download_one(settings: ServerSettings, run_dir: Path, ref: OutputFile, role: str) -> Download:
-    from lorawf.client import ComfyClient, download_file
+    from lorawf.net.client import ComfyClient, download_file
 
     target = local_target(run_dir, ref, role)
     async with ComfyClient(settings) as client:
@@ -142,7 +142,7 @@ async def _download_one(settings: ServerSettings, run_dir: Path, ref: OutputFile
 async def download_all(settings: ServerSettings, run_dir: Path, refs: Sequence[tuple[OutputFile, str]],
                        sink: Sink, prompt_id: str | None) -> list[str]:
     """Fetch every output into its place under ``run_dir``; one problem line per file that failed."""
-    from lorawf.client import download_outputs
+    from lorawf.net.client import download_outputs
 
     roles = {(ref.type, ref.subfolder, ref.filename): role for ref, role in refs}
     return await download_outputs(
@@ -155,17 +155,17 @@ def execute_run(settings: ServerSettings, request: RunRequest, submit: Any, echo
                 json_echo: Callable[[dict[str, Any]], None] | None = None) -> Path:
     """Run the whole pipeline; returns the local run folder. Raises a LorawfError on any failure,
     after downloading what exists and writing ``run.json`` with the outcome."""
-    from lorawf.build import build_workflow
-    from lorawf.cli_server import preflight_or_warn, run_async, run_submission
-    from lorawf.client import ComfyClient, fetch_server_facts
-    from lorawf.dataset import scan_dataset
+    from lorawf.cli.server import preflight_or_warn, run_async, run_submission
+    from lorawf.comfy.folders import learn_folders
     from lorawf.fsutil import atomic_write_text
-    from lorawf.naming import unique_run_name
-    from lorawf.patch import file_stem
-    from lorawf.record import RunRecord, Timings, utc_now, write_record
-    from lorawf.server_paths import learn_folders
-    from lorawf.sheet import prompts_from_workflow
-    from lorawf.upload_plan import dataset_digest, dataset_files
+    from lorawf.net.client import ComfyClient, fetch_server_facts
+    from lorawf.net.upload_plan import dataset_digest, dataset_files
+    from lorawf.runs.record import RunRecord, Timings, utc_now, write_record
+    from lorawf.runs.sheet import prompts_from_workflow
+    from lorawf.safepaths import file_stem
+    from lorawf.training.dataset import scan_dataset
+    from lorawf.training.naming import unique_run_name
+    from lorawf.workflow.build import build_workflow
 
     created = utc_now()
     # 1. the dataset, locally (or only its size)
@@ -197,7 +197,7 @@ def execute_run(settings: ServerSettings, request: RunRequest, submit: Any, echo
     dataset_path = request.server_dataset_path
     if request.upload:
         assert scan is not None
-        from lorawf.upload import UploadProgress, upload_dataset
+        from lorawf.net.upload import UploadProgress, upload_dataset
 
         files = dataset_files(scan)
         subfolder = f"lorawf/datasets/{file_stem(request.token)}-{images}img-{dataset_digest(files)}"
@@ -232,7 +232,7 @@ def execute_run(settings: ServerSettings, request: RunRequest, submit: Any, echo
             echo(f"warning: {advice.message}")
     atomic_write_text(run_dir / "workflow.json", built.text)
     if request.preflight:
-        from lorawf.schema_cache import server_schemas
+        from lorawf.net.schema_cache import server_schemas
 
         preflight_or_warn(settings, built.patch.workflow, f"{run_dir / 'workflow.json'}",
                           server_schemas(settings, system_stats=stats))
@@ -269,7 +269,7 @@ class RunFollower:
         return replace(submit, download=None, observer=self.observe, after_run=self.after_run)
 
     def observe(self, event: Event) -> None:
-        from lorawf.record import utc_now, write_record
+        from lorawf.runs.record import utc_now, write_record
 
         if self.record.prompt_id is None and event.prompt_id:
             self.record = replace(self.record, prompt_id=event.prompt_id,
@@ -278,9 +278,9 @@ class RunFollower:
         self.collector(event)
 
     def after_run(self, result: Any, error: LorawfError | None, sink: Sink) -> list[str]:
-        from lorawf.cli_server import run_async
-        from lorawf.record import outcome_from_event, scan_files, utc_now, write_record
-        from lorawf.sheet import make_run_sheet
+        from lorawf.cli.server import run_async
+        from lorawf.runs.record import outcome_from_event, scan_files, utc_now, write_record
+        from lorawf.runs.sheet import make_run_sheet
 
         for event in self.collector.warnings:
             sink(event)
@@ -315,11 +315,11 @@ def resume_run(settings: ServerSettings, run_dir: Path, submit: Any, server_inpu
                server_output_dir: str | None = None, as_you_go: bool = False) -> Path:
     """Re-attach to a recorded run: follow its prompt to the end (or read its end from history), download
     every output still missing, redraw the sheet and update ``run.json``."""
-    from lorawf.cli_server import run_async, run_watch
-    from lorawf.client import fetch_server_facts
+    from lorawf.cli.server import run_async, run_watch
+    from lorawf.comfy.folders import learn_folders
     from lorawf.errors import InputError
-    from lorawf.record import read_record
-    from lorawf.server_paths import learn_folders
+    from lorawf.net.client import fetch_server_facts
+    from lorawf.runs.record import read_record
 
     record = read_record(run_dir)
     if not record.prompt_id:
@@ -333,6 +333,6 @@ def resume_run(settings: ServerSettings, run_dir: Path, submit: Any, server_inpu
 
 
 def _outcome_of(error: LorawfError | None) -> str:
-    from lorawf.cli_server import outcome_of
+    from lorawf.cli.server import outcome_of
 
     return "success" if error is None else outcome_of(error)

@@ -1,7 +1,7 @@
 """Async ComfyUI client: submit a workflow, follow it to the end, never lose a result.
 
 This module only moves bytes: HTTP with httpx, the websocket with ``websockets``. All protocol decisions
-about what a message means live in :mod:`lorawf.events` (a pure fold). The algorithm is the one in the
+about what a message means live in :mod:`lorawf.comfy.events` (a pure fold). The algorithm is the one in the
 protocol notes' summary:
 
 1. connect ``/ws?clientId=<fresh uuid4 hex>`` and wait for the first ``status`` frame carrying ``sid``;
@@ -35,19 +35,8 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from lorawf import __version__, bulk_get
-from lorawf.errors import (
-    Cancelled,
-    LorawfError,
-    PromptLost,
-    ProtocolError,
-    ServerError,
-    ServerRejected,
-    ServerUnreachable,
-    UsageError,
-    WaitTimeout,
-)
-from lorawf.events import (
+from lorawf import __version__
+from lorawf.comfy.events import (
     DEFAULT_LOOP_CLASSES,
     CancelDone,
     Download,
@@ -61,9 +50,21 @@ from lorawf.events import (
     node_title,
     parse_binary_frame,
 )
+from lorawf.errors import (
+    Cancelled,
+    LorawfError,
+    PromptLost,
+    ProtocolError,
+    ServerError,
+    ServerRejected,
+    ServerUnreachable,
+    UsageError,
+    WaitTimeout,
+)
 from lorawf.fsutil import atomic_write_bytes, sha256_file
+from lorawf.net import bulk_get
+from lorawf.net.settings import ServerSettings
 from lorawf.safepaths import UnsafePath, free_name, is_within, local_path, partial_path
-from lorawf.server_settings import ServerSettings
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -854,7 +855,7 @@ async def submit_and_wait(
 ) -> RunResult:
     """Submit an API-format ``workflow`` and (unless ``wait`` is false) follow it to its confirmed end.
 
-    Every step is reported to ``sink`` as an :class:`~lorawf.events.Event` (the caller emits ``done``).
+    Every step is reported to ``sink`` as an :class:`~lorawf.comfy.events.Event` (the caller emits ``done``).
     Returns for success, failed and interrupted runs; raises :class:`PromptRejected` (400),
     :class:`ServerUnreachable`, :class:`ProtocolError`, :class:`PromptLost`, :class:`WaitTimeout`, and
     :class:`Cancelled` after cancelling our prompt when the waiting task is cancelled (Ctrl-C).
@@ -1070,7 +1071,7 @@ def _remember_etag(tag_file: Path, etag: str | None) -> None:
 
 async def _bulk_download(client: ComfyClient, params: dict[str, str], headers: dict[str, str], part: Path,
                          tag_file: Path, offset: int, what: str) -> tuple[str, str | None, int]:
-    """The fast path (:mod:`lorawf.bulk_get`, in a worker thread); raises ``Unsupported`` to fall back."""
+    """The fast path (:mod:`lorawf.net.bulk_get`, in a worker thread); raises ``Unsupported`` to fall back."""
     stop = threading.Event()
     all_headers = {"User-Agent": USER_AGENT, **client.settings.request_headers(), **headers}
     def on_head(head: bulk_get.Head) -> None:

@@ -1,7 +1,7 @@
 """Commands that talk to a ComfyUI server: ``submit``, ``watch``, ``queue``, ``cancel``.
 
-Thin: parse options, build :class:`~lorawf.server_settings.ServerSettings`, call :mod:`lorawf.client`
-(imported inside the commands, so ``lorawf --help`` stays fast), render events with :mod:`lorawf.display`.
+Thin: parse options, build :class:`~lorawf.net.settings.ServerSettings`, call :mod:`lorawf.net.client`
+(imported inside the commands, so ``lorawf --help`` stays fast), render events with :mod:`lorawf.cli.display`.
 :func:`run_submission` is the one entry point other commands (``lorawf run``) use to submit and wait.
 """
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from lorawf.cli_offline import plan_options  # click decorators only: nothing heavy
+from lorawf.cli.offline import plan_options  # click decorators only: nothing heavy
 from lorawf.errors import (
     Cancelled,
     LorawfError,
@@ -27,13 +27,13 @@ from lorawf.errors import (
     ServerUnreachable,
     exit_code_for,
 )
-from lorawf.server_settings import ServerSettings
+from lorawf.net.settings import ServerSettings
 
 # asyncio, the client, the events and the display are imported inside the functions that use them:
 # this module is loaded by every `lorawf` start, and they would double the start-up time of `lorawf plan`.
 if TYPE_CHECKING:
-    from lorawf.client import RunResult
-    from lorawf.events import Event, OutputFile
+    from lorawf.comfy.events import Event, OutputFile
+    from lorawf.net.client import RunResult
 
 COMMANDS: list[click.Command] = []
 T = TypeVar("T")
@@ -120,8 +120,8 @@ class SubmitOptions:
 
 def _finish(recorder: _Recorder, display: Any, settings: ServerSettings, result: RunResult | None,
             error: LorawfError | None, files: list[OutputFile]) -> None:
-    from lorawf.display import scrub
-    from lorawf.events import Done, ErrorEvent
+    from lorawf.cli.display import scrub
+    from lorawf.comfy.events import Done, ErrorEvent
 
     if error is not None:
         message = scrub(str(error).splitlines()[0], settings.secret_values())
@@ -138,8 +138,8 @@ def _finish(recorder: _Recorder, display: Any, settings: ServerSettings, result:
 def _conclude(result: RunResult, settings: ServerSettings, download: Path | None, sink: Callable[[Event], None],
               problems: list[str] | None = None) -> None:
     """Download outputs if asked, then turn a failed/interrupted run into :class:`RunFailed`."""
-    from lorawf.client import download_outputs
     from lorawf.errors import ProtocolError
+    from lorawf.net.client import download_outputs
 
     problems = list(problems or [])
     if download is not None and result.files:
@@ -191,8 +191,8 @@ def run_submission(settings: ServerSettings, workflow: Mapping[str, Any], option
     non-success (RunFailed, PromptRejected, ServerUnreachable, ProtocolError, PromptLost, Cancelled...),
     so the CLI group maps it to the exit code. Returns the result on success (or ``--no-wait``).
     """
-    from lorawf.client import WaitOptions, submit_and_wait
-    from lorawf.display import make_display
+    from lorawf.cli.display import make_display
+    from lorawf.net.client import WaitOptions, submit_and_wait
 
     out = stream
     if out is None and not options.wait and not options.json_mode:
@@ -209,8 +209,8 @@ def run_submission(settings: ServerSettings, workflow: Mapping[str, Any], option
 
 def run_watch(settings: ServerSettings, prompt_id: str, options: SubmitOptions, stream: Any = None) -> RunResult:
     """Follow an existing prompt with a display (Ctrl-C only stops watching)."""
-    from lorawf.client import WaitOptions, watch_prompt
-    from lorawf.display import make_display
+    from lorawf.cli.display import make_display
+    from lorawf.net.client import WaitOptions, watch_prompt
 
     display = make_display(options.json_mode, settings.secret_values(), options.verbose, stream)
     recorder = _Recorder(display, options.observer)
@@ -284,8 +284,8 @@ def submit_cmd(workflow: Path, server: str | None, headers: tuple[str, ...], ca_
 def preflight_or_warn(settings: ServerSettings, graph: Mapping[str, Any], source: str,
                       schemas: Any = None) -> None:
     """Refuse (exit 4) a workflow the live server would reject; warn about what it would silently ignore."""
-    from lorawf.preflight import gate
-    from lorawf.schema_cache import server_schemas
+    from lorawf.comfy.preflight import gate
+    from lorawf.net.schema_cache import server_schemas
 
     for problem in gate(graph, schemas or server_schemas(settings), source):
         click.echo(f"warning: {problem.render(source)}", err=True)
@@ -293,9 +293,9 @@ def preflight_or_warn(settings: ServerSettings, graph: Mapping[str, Any], source
 
 def load_and_preflight(settings: ServerSettings, path: Path, no_preflight: bool) -> dict[str, Any]:
     """Read an API- or UI-format workflow (UI converted with the server's schemas) and preflight it."""
-    from lorawf.schema import bundled_schemas
-    from lorawf.schema_cache import server_schemas
-    from lorawf.workflow_io import load_workflow
+    from lorawf.comfy.schema import bundled_schemas
+    from lorawf.net.schema_cache import server_schemas
+    from lorawf.workflow.io import load_workflow
 
     schemas = bundled_schemas() if no_preflight else server_schemas(settings)
     graph, was_ui = load_workflow(path, schemas)
@@ -327,8 +327,8 @@ def watch_cmd(prompt_id: str, server: str | None, headers: tuple[str, ...], ca_b
 def queue_cmd(server: str | None, headers: tuple[str, ...], ca_bundle: str | None, insecure: bool,
               json_mode: bool) -> None:
     """Show running and pending prompts, pending ones in the order they will run."""
-    from lorawf.client import fetch_queue
-    from lorawf.events import running_items, sorted_pending
+    from lorawf.comfy.events import running_items, sorted_pending
+    from lorawf.net.client import fetch_queue
 
     settings = settings_from(server, headers, ca_bundle, insecure)
     queue = run_async(lambda: fetch_queue(settings))
@@ -357,8 +357,8 @@ def queue_cmd(server: str | None, headers: tuple[str, ...], ca_bundle: str | Non
 def cancel_cmd(prompt_id: str, server: str | None, headers: tuple[str, ...], ca_bundle: str | None,
                insecure: bool, json_mode: bool) -> None:
     """Cancel PROMPT_ID: remove it from the queue if pending, interrupt it (by id only) if running."""
-    from lorawf.client import cancel
-    from lorawf.events import CancelDone
+    from lorawf.comfy.events import CancelDone
+    from lorawf.net.client import cancel
 
     settings = settings_from(server, headers, ca_bundle, insecure)
     action, message = run_async(lambda: cancel(settings, prompt_id.strip()))
@@ -399,9 +399,9 @@ def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, 
     lorawf run ./my_style --token mystyle --server http://gpu:8188 --upload
     leaves lorawf-runs/<run>/ with checkpoints/, validation/, contact_sheet.png and run.json.
     """
-    from lorawf.cli_offline import overrides_from
-    from lorawf.display import scrub
-    from lorawf.runner import RunRequest, execute_run
+    from lorawf.cli.display import scrub
+    from lorawf.cli.offline import overrides_from
+    from lorawf.runs.pipeline import RunRequest, execute_run
 
     settings = settings_from(server, headers, ca_bundle, insecure)
     request = RunRequest(
@@ -444,8 +444,8 @@ def resume_cmd(run_dir: Path, server_input_dir: str | None, server_output_dir: s
     validation image still missing, redraws the contact sheet and updates run.json. The server is the
     one recorded in run.json unless --server is given. Ctrl-C only stops following.
     """
-    from lorawf.record import read_record
-    from lorawf.runner import resume_run
+    from lorawf.runs.pipeline import resume_run
+    from lorawf.runs.record import read_record
 
     recorded = read_record(run_dir).server_url
     settings = settings_from(server or recorded, headers, ca_bundle, insecure)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from lorawf.schema import InputSpec, NodeSchema, SchemaSet
+from lorawf.comfy.schema import InputSpec, NodeSchema, SchemaSet
 
 __all__ = [
     "CUSTOM_VALIDATORS",

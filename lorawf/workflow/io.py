@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from lorawf.errors import WorkflowFormatError
 
 if TYPE_CHECKING:
-    from lorawf.schema import SchemaSet
+    from lorawf.comfy.schema import SchemaSet
 
 Workflow = dict[str, Any]
 
@@ -31,17 +31,6 @@ def read_json(path: Path) -> Any:
         raise WorkflowFormatError(
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
         ) from None
-
-
-def is_link(value: Any) -> bool:
-    """ComfyUI's rule for a linked input: ``["<source node id>", <output slot>]`` (a str id, a number slot)."""
-    return (
-        isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[0], str)
-        and isinstance(value[1], (int, float))
-        and not isinstance(value[1], bool)
-    )
 
 
 def detect_format(data: Any) -> str:
@@ -88,11 +77,11 @@ def load_workflow(
 ) -> tuple[Workflow, bool]:
     """Read a workflow file in API or UI format; UI files are converted with ``schemas``.
 
-    Returns ``(api_workflow, was_ui)``. The options are those of :func:`lorawf.convert.convert_ui`.
+    Returns ``(api_workflow, was_ui)``. The options are those of :func:`lorawf.workflow.convert.convert_ui`.
     """
     data = read_json(path)
     if detect_format(data) == "ui":
-        from lorawf.convert import convert_ui
+        from lorawf.workflow.convert import convert_ui
 
         conversion = convert_ui(
             data, schemas, model_overrides=model_overrides, fix_stale=fix_stale, drop_unknown=drop_unknown

@@ -1,6 +1,6 @@
 """Commands that judge or convert workflows: ``validate``, ``convert``, ``object-info``.
 
-Thin: parse options, call :mod:`lorawf.preflight` / :mod:`lorawf.convert` / :mod:`lorawf.schema_cache`,
+Thin: parse options, call :mod:`lorawf.comfy.preflight` / :mod:`lorawf.workflow.convert` / :mod:`lorawf.net.schema_cache`,
 print. Nothing network-related is imported unless ``--server`` is given.
 """
 
@@ -17,22 +17,22 @@ import click
 from lorawf.errors import UsageError, ValidationFailed
 
 if TYPE_CHECKING:  # the schema module loads JSON resources: imported when a command runs
-    from lorawf.schema import SchemaSet
+    from lorawf.comfy.schema import SchemaSet
 
 COMMANDS: list[click.Command] = []
 
 
 def _schemas(server: str | None, object_info: Path | None, headers: Sequence[str], refresh: bool) -> SchemaSet:
     """Schemas from ``--object-info FILE``, a live ``--server`` (cached), or the bundled snapshot."""
-    from lorawf.schema import bundled_schemas, load_object_info_file
+    from lorawf.comfy.schema import bundled_schemas, load_object_info_file
 
     if server and object_info:
         raise UsageError("give either --server or --object-info, not both")
     if object_info is not None:
         return load_object_info_file(object_info)
     if server:
-        from lorawf.schema_cache import server_schemas
-        from lorawf.server_settings import ServerSettings
+        from lorawf.net.schema_cache import server_schemas
+        from lorawf.net.settings import ServerSettings
 
         return server_schemas(ServerSettings.resolve(server, headers), refresh=refresh)
     return bundled_schemas()
@@ -81,8 +81,8 @@ def validate_cmd(workflow: Path, server: str | None, object_info: Path | None, h
 
     UI-format files are converted first. Schemas: --server, --object-info, or the bundled snapshot.
     """
-    from lorawf.preflight import preflight, render_json, render_lines
-    from lorawf.workflow_io import load_workflow
+    from lorawf.comfy.preflight import preflight, render_json, render_lines
+    from lorawf.workflow.io import load_workflow
 
     schemas = _schemas(server, object_info, headers, refresh_schemas)
     api, was_ui = load_workflow(workflow, schemas, model_overrides=_parse_overrides(set_model),
@@ -110,10 +110,10 @@ def convert_cmd(ui_file: Path, server: str | None, object_info: Path | None, hea
                 refresh_schemas: bool, set_model: tuple[str, ...], drop_unknown: bool, fix_stale: bool,
                 output: str) -> None:
     """Convert a web-UI workflow export (UI.json) to API format using the node schemas."""
-    from lorawf.convert import convert_ui
     from lorawf.errors import WorkflowFormatError
     from lorawf.fsutil import atomic_write_text
-    from lorawf.workflow_io import detect_format, dumps_workflow, read_json
+    from lorawf.workflow.convert import convert_ui
+    from lorawf.workflow.io import detect_format, dumps_workflow, read_json
 
     schemas = _schemas(server, object_info, headers, refresh_schemas)
     data = read_json(ui_file)
@@ -141,10 +141,10 @@ def object_info_cmd(server: str | None, headers: tuple[str, ...], output: str) -
     """Save a server's node schemas (GET /object_info) for offline `validate --object-info`."""
     import asyncio
 
+    from lorawf.comfy.schema import parse_object_info
     from lorawf.fsutil import atomic_write_text
-    from lorawf.schema import parse_object_info
-    from lorawf.schema_cache import fetch_raw_object_info
-    from lorawf.server_settings import ServerSettings
+    from lorawf.net.schema_cache import fetch_raw_object_info
+    from lorawf.net.settings import ServerSettings
 
     settings = ServerSettings.resolve(server, headers)
     data = asyncio.run(fetch_raw_object_info(settings))

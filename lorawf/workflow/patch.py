@@ -23,10 +23,11 @@ from typing import Any
 
 import jsonpatch
 
+from lorawf.comfy.graph import is_link
+from lorawf.comfy.schema import InputSpec, NodeSchema, SchemaSet
 from lorawf.errors import OverrideError, TemplateError, TokenError
-from lorawf.plan import TrainingPlan
-from lorawf.schema import InputSpec, NodeSchema, SchemaSet
-from lorawf.workflow_io import is_link
+from lorawf.safepaths import file_stem
+from lorawf.training.plan import TrainingPlan
 
 PLACEHOLDER = "STYLE_TOKEN"
 MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft", ".gguf")
@@ -480,12 +481,6 @@ def diff_workflows(before: Workflow, after: Workflow) -> list[dict[str, Any]]:
 
 def _substitute(text: str, token: str) -> str:
     return text.replace(PLACEHOLDER, token)
-
-
-def file_stem(token: str) -> str:
-    """The token made safe for server file names (output_name, image prefixes): [A-Za-z0-9._-] only."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", token).strip("._")
-    return stem or "style"
 
 
 def patch_workflow(

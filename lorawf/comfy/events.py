@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from lorawf.workflow_io import is_link
+from lorawf.comfy.graph import is_link
 
 SCHEMA = "lorawf.event/1"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorawf.patch import PatchOptions, PatchResult, patch_workflow
-from lorawf.plan import PlanOverrides, TrainingPlan, plan_training
-from lorawf.schema import SchemaSet, bundled_schemas
-from lorawf.templates import bundled_template_path
-from lorawf.workflow_io import dumps_workflow, load_workflow
+from lorawf.comfy.schema import SchemaSet, bundled_schemas
+from lorawf.training.plan import PlanOverrides, TrainingPlan, plan_training
+from lorawf.workflow.io import dumps_workflow, load_workflow
+from lorawf.workflow.patch import PatchOptions, PatchResult, patch_workflow
+from lorawf.workflow.templates import bundled_template_path
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The engine: submit, watch, run, resume and cancel as a library API, the run folder and its record."""

@@ -1,0 +1,1 @@
+"""What to train: the plan from the dataset, the dataset scan, run names. Pure: no server, no sockets."""
