@@ -1,5 +1,5 @@
 """Case 5: download. One large output file (1 GiB; 64 MiB with ``--quick``) streamed from the test server's
-``/view`` by lorawf's :func:`lorawf.net.client.download_file`, against curl on the same loopback, and the peak
+``/view`` by lorawf's :func:`lorawf.net.download.download_file`, against curl on the same loopback, and the peak
 memory of a process that does only that download.
 
 Each lorawf sample is a fresh ``python -m bench.case_download probe ...`` process: its own timer around the
@@ -50,7 +50,8 @@ def fsync_file(path: Path) -> float:
 def probe(url: str, filename: str, dest: str) -> None:
     """Child process: download one file with lorawf's client and print ``{"seconds", "bytes"}``."""
     from lorawf.comfy.events import OutputFile
-    from lorawf.net.client import ComfyClient, download_file
+    from lorawf.net.download import download_file
+    from lorawf.net.http import ComfyClient
     from lorawf.net.settings import ServerSettings
 
     async def go() -> tuple[float, int]:

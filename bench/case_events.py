@@ -2,7 +2,7 @@
 folds into progress state, fed at full speed; and how much CPU ``lorawf watch`` burns while a realistic run
 emits 10 messages/s.
 
-Throughput runs lorawf's own :func:`lorawf.net.client.watch_prompt` in this process (websocket, JSON decode, the
+Throughput runs lorawf's own :func:`lorawf.net.prompts.watch_prompt` in this process (websocket, JSON decode, the
 waiter loop and the :class:`~lorawf.comfy.events.RunState` fold; the sink only counts), against ``bench.server``
 sending a pre-encoded stream as fast as the socket takes it. Two streams: ``progress`` (only progress
 messages, plus ``executing`` at each loop start: the target) and ``comfy`` (each step preceded by the
@@ -62,7 +62,7 @@ def flood_in_thread(server: RunningServer, body: dict[str, Any]) -> tuple[thread
 def watch_in_process(server: RunningServer, workflow: dict[str, Any], count: int, mix: str) -> dict[str, float]:
     """One full-speed stream of ``count`` progress messages into :func:`watch_prompt`; returns timings."""
     from lorawf.comfy.events import Event, Progress
-    from lorawf.net.client import WaitOptions, watch_prompt
+    from lorawf.net.prompts import WaitOptions, watch_prompt
     from lorawf.net.settings import ServerSettings
 
     prompt_id, client_id = submit_pending(server, workflow)

@@ -21,7 +21,7 @@ from bench.harness import ROOT, Skip
 
 def require_server_modules() -> None:
     """:class:`Skip` unless the client and the test server this case measures are importable."""
-    for module in ("lorawf.net.client", "tests.comfy_server.app"):
+    for module in ("lorawf.net.http", "tests.comfy_server.app"):
         try:
             found = importlib.util.find_spec(module) is not None
         except ModuleNotFoundError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 # Exit codes (also documented in README.md; tests pin them).
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -84,6 +86,34 @@ class WorkflowFormatError(InputError):
 # --- the server rejected the workflow (exit 4) ---
 class ServerRejected(LorawfError):
     """The server answered ``POST /prompt`` with 400 (or refused an upload)."""
+
+
+class PromptRejected(ServerRejected):
+    """``POST /prompt`` answered 400: nothing was queued.
+
+    ``str()`` is the summary line, then the indented node errors and hints (built by
+    ``lorawf.comfy.node_errors.rejection``); ``node_errors`` keeps every parsed entry for ``--json``.
+    """
+
+    def __init__(self, summary: str, detail_lines: tuple[str, ...] = (), *, status: int = 400,
+                 error: Any = None, error_type: str = "", error_message: str = "", error_details: str = "",
+                 node_errors: tuple[Any, ...] = ()) -> None:
+        super().__init__(summary)
+        self.summary = summary
+        self.detail_lines = detail_lines
+        self.status = status
+        self.error = error
+        self.error_type = error_type
+        self.error_message = error_message
+        self.error_details = error_details
+        self.node_errors = node_errors
+
+    def lines(self) -> list[str]:
+        """Summary line then indented node errors and hints."""
+        return [self.summary, *self.detail_lines]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
 
 
 class PreflightRejected(ServerRejected):

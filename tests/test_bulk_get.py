@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from lorawf.comfy.events import OutputFile
-from lorawf.net import bulk_get, client
+from lorawf.net import bulk_get, download, http
 from lorawf.net.settings import ServerSettings
 
 
@@ -114,8 +114,8 @@ def test_download_file_falls_back_to_httpx(comfy_server: Any, tmp_path: Path,
     monkeypatch.setattr(bulk_get, "get_to_file", unsupported)
 
     async def go() -> Any:
-        async with client.ComfyClient(ServerSettings(comfy_server.url)) as c:
-            return await client.download_file(c, OutputFile("1", "files", "big.bin"), tmp_path, "p")
+        async with http.ComfyClient(ServerSettings(comfy_server.url)) as c:
+            return await download.download_file(c, OutputFile("1", "files", "big.bin"), tmp_path, "p")
 
     event = asyncio.run(go())
     assert Path(event.path).read_bytes() == (comfy_server.root / "output" / "big.bin").read_bytes()

@@ -328,6 +328,6 @@ def test_watch_finished_unknown_and_running(comfy_server: Any, tmp_path: Path) -
 
 def test_help_does_not_import_the_client() -> None:
     code = "import sys; from lorawf.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n" \
-           "assert 'lorawf.net.client' not in sys.modules and 'websockets' not in sys.modules, 'heavy import'"
+           "assert 'lorawf.net.http' not in sys.modules and 'websockets' not in sys.modules, 'heavy import'"
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr

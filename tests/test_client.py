@@ -11,18 +11,18 @@ import httpx
 import pytest
 
 from lorawf.comfy.events import Download, Event, Progress, Queued, WarningEvent
-from lorawf.errors import Cancelled, PromptLost, ProtocolError, ServerUnreachable, exit_code_for
-from lorawf.net.client import (
+from lorawf.errors import (
+    Cancelled,
+    PromptLost,
     PromptRejected,
-    WaitOptions,
+    ProtocolError,
+    ServerUnreachable,
     WaitTimeout,
-    cancel,
-    download_outputs,
-    fetch_object_info,
-    fetch_system_stats,
-    submit_and_wait,
-    watch_prompt,
+    exit_code_for,
 )
+from lorawf.net.download import download_outputs
+from lorawf.net.http import fetch_object_info, fetch_system_stats
+from lorawf.net.prompts import WaitOptions, cancel, submit_and_wait, watch_prompt
 from lorawf.net.settings import ServerSettings
 
 

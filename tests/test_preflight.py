@@ -153,7 +153,7 @@ def test_offline_validate_does_not_import_the_network_stack(tmp_path: Path) -> N
     path = _write(tmp_path, "clean_accept")
     code = ("import sys; from lorawf.cli import main\n"
             f"try:\n    main(['validate', {str(path)!r}])\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('httpx', 'websockets', 'lorawf.net.client') if m in sys.modules))")
+            "print(sorted(m for m in ('httpx', 'websockets', 'lorawf.net.http') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
@@ -173,7 +173,7 @@ def test_cache_key_is_per_server_and_version(tmp_path: Path) -> None:
 
 
 def test_server_schemas_fetch_once_then_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lorawf.net import client
+    from lorawf.net import http as client
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls: list[str] = []

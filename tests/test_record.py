@@ -24,13 +24,13 @@ from lorawf.runs.record import (
     Timings,
     classify_file,
     file_entry,
-    iso_utc,
     list_runs,
     outcome_from_event,
     read_record,
     scan_files,
     write_record,
 )
+from lorawf.timefmt import iso_utc
 from lorawf.training.plan import plan_training
 
 T0 = datetime(2026, 11, 25, 18, 15, 2, 125000, tzinfo=timezone.utc)

@@ -290,7 +290,8 @@ def test_resume_after_the_terminal_went_away(comfy_server_factory: Any, tmp_path
 
 
 def test_resume_needs_a_submitted_run(tmp_path: Path) -> None:
-    from lorawf.runs.record import RunRecord, Timings, utc_now, write_record
+    from lorawf.runs.record import RunRecord, Timings, write_record
+    from lorawf.timefmt import utc_now
 
     run_dir = tmp_path / "r"
     run_dir.mkdir()

@@ -33,7 +33,7 @@ from lorawf.net.settings import ServerSettings
 # this module is loaded by every `lorawf` start, and they would double the start-up time of `lorawf plan`.
 if TYPE_CHECKING:
     from lorawf.comfy.events import Event, OutputFile
-    from lorawf.net.client import RunResult
+    from lorawf.net.prompts import RunResult
 
 COMMANDS: list[click.Command] = []
 T = TypeVar("T")
@@ -139,7 +139,7 @@ def _conclude(result: RunResult, settings: ServerSettings, download: Path | None
               problems: list[str] | None = None) -> None:
     """Download outputs if asked, then turn a failed/interrupted run into :class:`RunFailed`."""
     from lorawf.errors import ProtocolError
-    from lorawf.net.client import download_outputs
+    from lorawf.net.download import download_outputs
 
     problems = list(problems or [])
     if download is not None and result.files:
@@ -192,7 +192,7 @@ def run_submission(settings: ServerSettings, workflow: Mapping[str, Any], option
     so the CLI group maps it to the exit code. Returns the result on success (or ``--no-wait``).
     """
     from lorawf.cli.display import make_display
-    from lorawf.net.client import WaitOptions, submit_and_wait
+    from lorawf.net.prompts import WaitOptions, submit_and_wait
 
     out = stream
     if out is None and not options.wait and not options.json_mode:
@@ -210,7 +210,7 @@ def run_submission(settings: ServerSettings, workflow: Mapping[str, Any], option
 def run_watch(settings: ServerSettings, prompt_id: str, options: SubmitOptions, stream: Any = None) -> RunResult:
     """Follow an existing prompt with a display (Ctrl-C only stops watching)."""
     from lorawf.cli.display import make_display
-    from lorawf.net.client import WaitOptions, watch_prompt
+    from lorawf.net.prompts import WaitOptions, watch_prompt
 
     display = make_display(options.json_mode, settings.secret_values(), options.verbose, stream)
     recorder = _Recorder(display, options.observer)
@@ -328,7 +328,7 @@ def queue_cmd(server: str | None, headers: tuple[str, ...], ca_bundle: str | Non
               json_mode: bool) -> None:
     """Show running and pending prompts, pending ones in the order they will run."""
     from lorawf.comfy.events import running_items, sorted_pending
-    from lorawf.net.client import fetch_queue
+    from lorawf.net.http import fetch_queue
 
     settings = settings_from(server, headers, ca_bundle, insecure)
     queue = run_async(lambda: fetch_queue(settings))
@@ -358,7 +358,7 @@ def cancel_cmd(prompt_id: str, server: str | None, headers: tuple[str, ...], ca_
                insecure: bool, json_mode: bool) -> None:
     """Cancel PROMPT_ID: remove it from the queue if pending, interrupt it (by id only) if running."""
     from lorawf.comfy.events import CancelDone
-    from lorawf.net.client import cancel
+    from lorawf.net.prompts import cancel
 
     settings = settings_from(server, headers, ca_bundle, insecure)
     action, message = run_async(lambda: cancel(settings, prompt_id.strip()))

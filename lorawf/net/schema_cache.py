@@ -3,7 +3,7 @@
 The cache lives in ``$XDG_CACHE_HOME/lorawf/object_info/`` (``~/.cache/...`` without the variable);
 one JSON file per server (redacted URL: no credentials, no query) and ``comfyui_version``. Installing
 a custom node pack does not change the version, so ``refresh=True`` (``--refresh-schemas``) refetches.
-Networking is :mod:`lorawf.net.client`'s: imported only when a server is actually asked.
+Networking is :mod:`lorawf.net.http`'s: imported only when a server is actually asked.
 """
 
 from __future__ import annotations
@@ -71,14 +71,14 @@ def _version(stats: Any) -> str:
 
 async def fetch_raw_object_info(settings: ServerSettings) -> dict[str, Any]:
     """``GET /object_info`` of the server, uncached."""
-    from lorawf.net.client import fetch_object_info
+    from lorawf.net.http import fetch_object_info
 
     return await fetch_object_info(settings)
 
 
 async def _server_object_info(settings: ServerSettings, refresh: bool,
                               stats: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
-    from lorawf.net.client import fetch_object_info, fetch_system_stats
+    from lorawf.net.http import fetch_object_info, fetch_system_stats
 
     version = _version(stats if stats is not None else await fetch_system_stats(settings))
     url = settings.redacted_url

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from lorawf.errors import UsageError
+from lorawf.secrets import Secrets, check_credential
 
 DEFAULT_SERVER = "http://127.0.0.1:8188"
 ENV_SERVER = "LORAWF_SERVER"
@@ -27,7 +28,7 @@ def parse_header(raw: str) -> tuple[str, str]:
         raise UsageError("--header: expected 'Name: value' (no ':' found)")
     if not name or any(c.isspace() for c in name):
         raise UsageError(f"--header {name or '?'!r}: expected 'Name: value' with a name without spaces")
-    return name, value.strip()
+    return name, check_credential(value, f"--header {name}")
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class ServerSettings:
                 parsed_headers["Authorization"] = f"Basic {basic}"
             host = parts.hostname if ":" not in (parts.hostname or "") else f"[{parts.hostname}]"
             parts = parts._replace(netloc=f"{host}:{parts.port}" if parts.port else str(host))
-        token = env.get(ENV_TOKEN) or None
+        token = check_credential(env.get(ENV_TOKEN) or "", ENV_TOKEN) or None
         return cls(urlunsplit(parts), parsed_headers, token, ca_bundle, insecure)
 
     def __repr__(self) -> str:
@@ -97,6 +98,11 @@ class ServerSettings:
         if self.token:
             values.append(self.token)
         return values
+
+    @property
+    def secrets(self) -> Secrets:
+        """The one scrubbing rule over :meth:`secret_values` (see :mod:`lorawf.secrets`)."""
+        return Secrets.of(self.secret_values())
 
     @staticmethod
     def _redact(url: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorawf.errors import ProtocolError
-from lorawf.net.client import ComfyClient
+from lorawf.net.http import ComfyClient
 from lorawf.net.upload_plan import MANIFEST_NAME, UploadFile, files_to_send, manifest
 
 

@@ -72,7 +72,7 @@ class OutputCollector:
 
     def __call__(self, event: Event) -> None:
         from lorawf.comfy.folders import relative_to_output
-        from lorawf.runs.record import utc_now
+        from lorawf.timefmt import utc_now
 
         if isinstance(event, Started) and self.started_at is None:
             self.started_at = utc_now()
@@ -132,7 +132,8 @@ class EagerDownloader:
 
 
 async def _download_one(settings: ServerSettings, run_dir: Path, ref: OutputFile, role: str) -> Download:
-    from lorawf.net.client import ComfyClient, download_file
+    from lorawf.net.download import download_file
+    from lorawf.net.http import ComfyClient
 
     target = local_target(run_dir, ref, role)
     async with ComfyClient(settings) as client:
@@ -142,7 +143,7 @@ async def _download_one(settings: ServerSettings, run_dir: Path, ref: OutputFile
 async def download_all(settings: ServerSettings, run_dir: Path, refs: Sequence[tuple[OutputFile, str]],
                        sink: Sink, prompt_id: str | None) -> list[str]:
     """Fetch every output into its place under ``run_dir``; one problem line per file that failed."""
-    from lorawf.net.client import download_outputs
+    from lorawf.net.download import download_outputs
 
     roles = {(ref.type, ref.subfolder, ref.filename): role for ref, role in refs}
     return await download_outputs(
@@ -158,11 +159,12 @@ def execute_run(settings: ServerSettings, request: RunRequest, submit: Any, echo
     from lorawf.cli.server import preflight_or_warn, run_async, run_submission
     from lorawf.comfy.folders import learn_folders
     from lorawf.fsutil import atomic_write_text
-    from lorawf.net.client import ComfyClient, fetch_server_facts
+    from lorawf.net.http import ComfyClient, fetch_server_facts
     from lorawf.net.upload_plan import dataset_digest, dataset_files
-    from lorawf.runs.record import RunRecord, Timings, utc_now, write_record
+    from lorawf.runs.record import RunRecord, Timings, write_record
     from lorawf.runs.sheet import prompts_from_workflow
     from lorawf.safepaths import file_stem
+    from lorawf.timefmt import utc_now
     from lorawf.training.dataset import scan_dataset
     from lorawf.training.naming import unique_run_name
     from lorawf.workflow.build import build_workflow
@@ -269,7 +271,8 @@ class RunFollower:
         return replace(submit, download=None, observer=self.observe, after_run=self.after_run)
 
     def observe(self, event: Event) -> None:
-        from lorawf.runs.record import utc_now, write_record
+        from lorawf.runs.record import write_record
+        from lorawf.timefmt import utc_now
 
         if self.record.prompt_id is None and event.prompt_id:
             self.record = replace(self.record, prompt_id=event.prompt_id,
@@ -279,8 +282,9 @@ class RunFollower:
 
     def after_run(self, result: Any, error: LorawfError | None, sink: Sink) -> list[str]:
         from lorawf.cli.server import run_async
-        from lorawf.runs.record import outcome_from_event, scan_files, utc_now, write_record
+        from lorawf.runs.record import outcome_from_event, scan_files, write_record
         from lorawf.runs.sheet import make_run_sheet
+        from lorawf.timefmt import utc_now
 
         for event in self.collector.warnings:
             sink(event)
@@ -318,7 +322,7 @@ def resume_run(settings: ServerSettings, run_dir: Path, submit: Any, server_inpu
     from lorawf.cli.server import run_async, run_watch
     from lorawf.comfy.folders import learn_folders
     from lorawf.errors import InputError
-    from lorawf.net.client import fetch_server_facts
+    from lorawf.net.http import fetch_server_facts
     from lorawf.runs.record import read_record
 
     record = read_record(run_dir)

@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 from lorawf.errors import InputError, RecordError, SecretInRecord
 from lorawf.fsutil import atomic_write_text, sha256_file
+from lorawf.secrets import Secrets
+from lorawf.timefmt import iso_utc, parse_iso
 
 SCHEMA = "lorawf.run/1"
 RECORD_NAME = "run.json"
@@ -29,8 +31,6 @@ SHEET_NAME = "contact_sheet.png"
 
 OUTCOMES = ("success", "error", "interrupted", "cancelled", "lost", "pending")
 KINDS = ("checkpoint", "final_lora", "validation_image", "other")
-#: Secrets shorter than this are not searched for (a header value like ``1`` would match any record).
-MIN_SECRET_LENGTH = 6
 #: Files :func:`scan_files` leaves out: partial downloads and temp files.
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".download")
 
@@ -46,27 +46,6 @@ _EVENT_OUTCOMES = {
     "lost": "lost",
     "submitted": "pending",
 }
-
-
-# ------------------------------------------------------------------------------------------- time
-
-
-def utc_now() -> datetime:
-    """The current time, timezone-aware UTC (what the timings expect)."""
-    return datetime.now(timezone.utc)
-
-
-def iso_utc(when: datetime) -> str:
-    """``2026-11-25T18:15:02.123Z``: UTC, millisecond precision. A naive ``when`` is taken as local time."""
-    return when.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_iso(text: str) -> datetime:
-    """Parse an ISO-8601 time written by :func:`iso_utc` (``Z`` accepted on Python 3.10); result is UTC."""
-    value = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -303,20 +282,17 @@ def _find_secret(value: Any, secret: str, where: str) -> str | None:
 
 
 def check_no_secrets(text: str, secrets: Iterable[str], *, data: Any = None, source: str = RECORD_NAME) -> None:
-    """Raise :class:`SecretInRecord` if ``text`` contains any secret (raw or JSON-escaped). The message
-    names the field, never the secret. Secrets shorter than :data:`MIN_SECRET_LENGTH` are skipped."""
-    for secret in secrets:
-        if not isinstance(secret, str) or len(secret) < MIN_SECRET_LENGTH:
-            continue
-        escaped = json.dumps(secret, ensure_ascii=False)[1:-1]
-        if secret in text or escaped in text:
-            field_path = _find_secret(data, secret, "$") if data is not None else None
-            at = f" (in {field_path})" if field_path else ""
-            raise SecretInRecord(
-                f"refusing to write {source}: it would contain a server token or header value{at}; "
-                "nothing was written",
-                hint="report this as a lorawf bug",
-            )
+    """Raise :class:`SecretInRecord` if ``text`` contains any secret (raw or JSON-escaped), by the one
+    rule of :class:`lorawf.secrets.Secrets`. The message names the field, never the secret."""
+    secret = Secrets.of(secrets).find(text)
+    if secret is not None:
+        field_path = _find_secret(data, secret, "$") if data is not None else None
+        at = f" (in {field_path})" if field_path else ""
+        raise SecretInRecord(
+            f"refusing to write {source}: it would contain a server token or header value{at}; "
+            "nothing was written",
+            hint="report this as a lorawf bug",
+        )
 
 
 def _check_url(url: str, source: str) -> None:

@@ -1,0 +1,469 @@
+"""Submit, follow and cancel one prompt: the I/O that carries out :mod:`lorawf.comfy.follow`'s decisions.
+
+The algorithm is the one in docs/protocol.md's summary:
+
+1. connect ``/ws?clientId=<fresh uuid4 hex>`` and wait for the first ``status`` frame carrying ``sid``;
+2. ``POST /prompt`` with the graph, the ``client_id`` and a client-made canonical ``prompt_id``
+   (the answer's id is authoritative);
+3. fold every websocket message for that prompt; poll ``/history/{id}`` and ``/queue`` whenever the socket
+   has been silent for a few seconds, right after connecting and after every drop;
+4. reconnect with backoff and the *same* clientId, only after the old socket is fully closed;
+5. finish only when ``/history/{id}`` confirms the outcome; a prompt that is neither queued, running nor in
+   history is :class:`~lorawf.errors.PromptLost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorawf.comfy.events import (
+    DEFAULT_LOOP_CLASSES,
+    CancelDone,
+    Event,
+    OutputFile,
+    Preview,
+    Queued,
+    RunState,
+    WarningEvent,
+    parse_binary_frame,
+)
+from lorawf.comfy.node_errors import render_node_errors
+from lorawf.errors import (
+    Cancelled,
+    LorawfError,
+    PromptLost,
+    ProtocolError,
+    ServerError,
+    ServerUnreachable,
+    WaitTimeout,
+)
+from lorawf.fsutil import atomic_write_bytes
+from lorawf.net.http import ComfyClient, Sink
+from lorawf.net.settings import ServerSettings
+from lorawf.net.socket import INBOX_SIZE, EventSocket
+
+#: Seconds of socket silence (for our prompt) after which ``/history`` and ``/queue`` are polled.
+POLL_INTERVAL = 3.0
+
+
+# ------------------------------------------------------------------------------------- the waiter
+
+
+@dataclass
+class WaitOptions:
+    """How to wait. ``timeout`` is the opt-in overall limit; there is no per-message idle timeout."""
+
+    timeout: float | None = None
+    poll_interval: float = POLL_INTERVAL
+    resubscribe_after: float = 60.0
+    grace: float = 300.0
+    previews_dir: Path | None = None
+    loop_classes: frozenset[str] = DEFAULT_LOOP_CLASSES
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> WaitOptions:
+        """Defaults, with test/tuning overrides from ``LORAWF_POLL_INTERVAL`` and ``LORAWF_RETRY_GRACE``."""
+        opts = cls(**kwargs)
+        for env, attr in (("LORAWF_POLL_INTERVAL", "poll_interval"), ("LORAWF_RETRY_GRACE", "grace")):
+            raw = os.environ.get(env)
+            if raw:
+                with contextlib.suppress(ValueError):
+                    setattr(opts, attr, max(0.05, float(raw)))
+        return opts
+
+
+@dataclass
+class RunResult:
+    """How a wait ended. ``outcome`` is success, failed, interrupted or submitted (``--no-wait``)."""
+
+    prompt_id: str
+    outcome: str
+    state: RunState
+    message: str
+    files: list[OutputFile] = field(default_factory=list)
+    number: float | None = None
+
+
+class _Waiter:
+    def __init__(self, client: ComfyClient, socket: EventSocket | None, state: RunState, sink: Sink,
+                 options: WaitOptions, inbox: asyncio.Queue[tuple[str, Any]]) -> None:
+        self.client = client
+        self.socket = socket
+        self.state = state
+        self.sink = sink
+        self.options = options
+        self.inbox = inbox
+        self.trouble_since: float | None = None
+        self.previews = 0
+        self.getter: asyncio.Future[tuple[str, Any]] | None = None
+        self.drained = 0
+
+    def emit(self, events: Sequence[Event]) -> None:
+        for event in events:
+            if isinstance(event, Preview) and event.path is None:
+                continue  # previews are only reported when saved
+            self.sink(event)
+
+    def warn(self, code: str, message: str) -> None:
+        self.sink(WarningEvent(self.state.prompt_id, code, message))
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.close()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + self.options.timeout if self.options.timeout else None
+        last_relevant = last_poll = start
+        await self.poll()
+        last_poll = loop.time()
+        while not self.state.confirmed:
+            now = loop.time()
+            if deadline is not None and now >= deadline:
+                where = {"queued": "still queued", "running": "still running"}.get(self.state.phase, "not finished")
+                raise WaitTimeout(f"gave up waiting after {self.options.timeout:g} s; prompt "
+                                  f"{self.state.prompt_id} is {where} on the server",
+                                  hint=f"`lorawf watch {self.state.prompt_id}` to follow it again")
+            if self.socket and self.socket.connected and self.state.phase == "running" and \
+                    now - last_relevant >= self.options.resubscribe_after:
+                last_relevant = now
+                await self.socket.cycle()
+            wait = self.options.poll_interval - (now - max(last_relevant, last_poll))
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            if wait <= 0:
+                await self.poll()
+                last_poll = loop.time()
+                continue
+            item = await self.next_item(wait)
+            if item is None:
+                continue
+            kind, payload = item
+            if kind == "msg":
+                events = self.state.feed(payload)
+                self.emit(events)
+                data = payload.get("data")
+                if events or (isinstance(data, dict) and data.get("prompt_id") == self.state.prompt_id):
+                    last_relevant = loop.time()
+                if self.state.outcome is not None or self.state.done_signal:
+                    await self.confirm()
+            elif kind == "bin":
+                self.on_binary(payload)
+            elif kind == "closed":
+                self.warn("connection_lost", f"websocket {payload}; reconnecting with the same clientId")
+                await self.poll()
+                last_poll = loop.time()
+            elif kind == "reconnected":
+                self.warn("reconnected", "websocket reconnected")
+                await self.poll()
+                last_poll = last_relevant = loop.time()
+            elif kind == "bad":
+                self.warn("bad_message", str(payload))
+
+    async def next_item(self, wait: float) -> tuple[str, Any] | None:
+        """The next inbox item, or ``None`` after ``wait`` seconds.
+
+        ``asyncio.wait`` rather than ``wait_for``: on Python < 3.12, ``wait_for`` can swallow a
+        cancellation (our Ctrl-C) when the item arrives at the same moment.
+        """
+        if self.getter is None:
+            # Fast path for a backlog: no future per message. Yield now and then so Ctrl-C gets through.
+            self.drained += 1
+            if self.drained % 256 == 0:
+                await asyncio.sleep(0)
+            try:
+                return self.inbox.get_nowait()
+            except asyncio.QueueEmpty:
+                pass
+            self.getter = asyncio.ensure_future(self.inbox.get())
+        done, _ = await asyncio.wait({self.getter}, timeout=wait)
+        if not done:
+            return None
+        item, self.getter = self.getter.result(), None
+        return item
+
+    def close(self) -> None:
+        if self.getter is not None:
+            self.getter.cancel()
+            self.getter = None
+
+    def on_binary(self, frame: bytes) -> None:
+        header = parse_binary_frame(frame)
+        if header is None:
+            self.warn("bad_message", f"ignored a malformed binary frame of {len(frame)} bytes")
+            return
+        events = self.state.feed_binary(header)
+        if events and self.options.previews_dir is not None:
+            self.previews += 1
+            ext = {"image/png": "png", "image/jpeg": "jpg"}.get(header.image_type or "", "bin")
+            path = Path(self.options.previews_dir) / f"preview_{self.state.prompt_id[:8]}_{self.previews:05d}.{ext}"
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(path, frame[header.payload_offset:])
+            except OSError as exc:
+                self.warn("preview_not_saved", f"cannot save preview {path}: {exc.strerror or exc}")
+                return
+            ev = events[0]
+            assert isinstance(ev, Preview)
+            self.sink(Preview(ev.prompt_id, ev.node, ev.image_type, ev.bytes, str(path)))
+
+    async def confirm(self) -> None:
+        """After a terminal event: read the outcome from history (retrying while it is still ``{}``)."""
+        delay = 0.05
+        for _ in range(40):
+            entry = await self.guarded(self.client.get_history(self.state.prompt_id))
+            if entry:
+                self.emit(self.state.feed_history(entry))
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        await self.poll()
+
+    async def guarded(self, coro: Any) -> Any:
+        """Await a poll request; transient failures are tolerated for ``grace`` seconds."""
+        try:
+            result = await coro
+        except (ServerUnreachable, ProtocolError) as exc:
+            now = asyncio.get_running_loop().time()
+            if self.trouble_since is None:
+                self.trouble_since = now
+                self.warn("server_trouble", f"{exc}; retrying")
+            elif now - self.trouble_since > self.options.grace:
+                raise
+            return None
+        if self.trouble_since is not None:
+            self.trouble_since = None
+            self.warn("server_back", "the server answers again")
+        return result
+
+    async def poll(self) -> None:
+        """Backstop: history first, then the queue; in neither means lost."""
+        pid = self.state.prompt_id
+        entry = await self.guarded(self.client.get_history(pid))
+        if entry:
+            self.emit(self.state.feed_history(entry))
+            return
+        if self.trouble_since is not None:
+            return
+        queue = await self.guarded(self.client.get_queue())
+        if queue is None:
+            return
+        where = self.state.in_queue(queue)
+        self.emit(self.state.feed_queue(queue))
+        if where is None:
+            entry = await self.guarded(self.client.get_history(pid))  # it may have just finished
+            if entry:
+                self.emit(self.state.feed_history(entry))
+                return
+            if self.trouble_since is None:
+                raise PromptLost(
+                    f"prompt {pid} is lost: it is neither queued, running nor in the history of "
+                    f"{self.client.where}",
+                    hint="the server restarted, or the prompt was deleted from the queue",
+                )
+
+
+def _result(state: RunState, number: float | None = None) -> RunResult:
+    outcome = state.outcome or "failed"
+    return RunResult(state.prompt_id, outcome, state, state.describe_outcome(), state.files(), number)
+
+
+async def _cancel_after_interrupt(client: ComfyClient, state: RunState, sink: Sink) -> Cancelled:
+    """Ctrl-C while waiting: cancel our prompt, report what was done, return the error to raise."""
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):
+        task.uncancel()
+    try:
+        action, message = await cancel_prompt(client, state.prompt_id)
+    except LorawfError as exc:
+        return Cancelled(f"stopped waiting, but could not cancel prompt {state.prompt_id}: {exc}")
+    sink(CancelDone(state.prompt_id, action, message))
+    if action == "interrupted":
+        entry = None
+        with contextlib.suppress(LorawfError):
+            entry = await client.get_history(state.prompt_id)
+        if entry:
+            state.feed_history(entry)
+    return Cancelled(message)
+
+
+def _check_extra_data(extra_data: Mapping[str, Any] | None, sink: Sink, prompt_id: str) -> dict[str, Any] | None:
+    if not extra_data:
+        return None
+    data = dict(extra_data)
+    pnginfo = data.get("extra_pnginfo")
+    if pnginfo is not None and not (isinstance(pnginfo, Mapping) and isinstance(pnginfo.get("workflow"), Mapping)):
+        # FluxTrainer's Init node fails with KeyError: 'workflow' on such an extra_pnginfo.
+        del data["extra_pnginfo"]
+        sink(WarningEvent(prompt_id, "extra_pnginfo_dropped",
+                          "extra_pnginfo without a 'workflow' object was not sent (FluxTrainer fails on it)"))
+    return data or None
+
+
+async def submit_and_wait(
+    settings: ServerSettings,
+    workflow: Mapping[str, Any],
+    sink: Sink,
+    *,
+    wait: bool = True,
+    options: WaitOptions | None = None,
+    extra_data: Mapping[str, Any] | None = None,
+) -> RunResult:
+    """Submit an API-format ``workflow`` and (unless ``wait`` is false) follow it to its confirmed end.
+
+    Every step is reported to ``sink`` as an :class:`~lorawf.comfy.events.Event` (the caller emits ``done``).
+    Returns for success, failed and interrupted runs; raises :class:`PromptRejected` (400),
+    :class:`ServerUnreachable`, :class:`ProtocolError`, :class:`PromptLost`, :class:`WaitTimeout`, and
+    :class:`Cancelled` after cancelling our prompt when the waiting task is cancelled (Ctrl-C).
+    """
+    options = options or WaitOptions()
+    client_id = uuid.uuid4().hex
+    prompt_id = str(uuid.uuid4())
+    extra = _check_extra_data(extra_data, sink, prompt_id)
+    inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(INBOX_SIZE)
+    async with ComfyClient(settings) as client:
+        socket = EventSocket(settings, client_id, client.ssl_context, inbox) if wait else None
+        state = RunState(prompt_id, workflow, loop_classes=options.loop_classes)
+        submitted = False
+        try:
+            if socket is not None:
+                await socket.open()
+            submitted = True  # from here on, the server may have our prompt: a Ctrl-C must cancel it
+            result = await client.post_prompt(workflow, client_id, prompt_id, extra)
+            if result.prompt_id != prompt_id:  # old servers ignore ours: theirs is authoritative
+                state = RunState(result.prompt_id, workflow, loop_classes=options.loop_classes)
+            state.number = result.number
+            sink(Queued(state.prompt_id, result.number, None))
+            if result.node_errors:
+                lines = render_node_errors(result.node_errors)
+                sink(WarningEvent(state.prompt_id, "node_errors",
+                                  "some outputs failed validation and will not run: "
+                                  + "; ".join(line.strip() for line in lines)))
+            if not wait:
+                return RunResult(state.prompt_id, "submitted", state,
+                                 f"prompt {state.prompt_id} queued (number {result.number})", [], result.number)
+            await _Waiter(client, socket, state, sink, options, inbox).run()
+            return _result(state, result.number)
+        except asyncio.CancelledError:
+            if not submitted:
+                raise Cancelled("cancelled before anything was submitted") from None
+            raise await _cancel_after_interrupt(client, state, sink) from None
+        finally:
+            if socket is not None:
+                await socket.close()
+
+
+async def watch_prompt(settings: ServerSettings, prompt_id: str, sink: Sink, *,
+                       options: WaitOptions | None = None) -> RunResult:
+    """Follow a prompt someone already queued: report it from history if finished, else wait for its end.
+
+    The websocket reuses the prompt's own ``client_id`` (from ``/queue``), because run events go only to
+    that id; the ``/history`` + ``/queue`` backstop guarantees the end even if the original submitter is
+    still connected. Cancelling this coroutine only stops watching.
+    """
+    options = options or WaitOptions()
+    inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(INBOX_SIZE)
+    async with ComfyClient(settings) as client:
+        entry = await client.get_history(prompt_id)
+        if entry:
+            workflow = _workflow_of(entry.get("prompt"))
+            state = RunState(prompt_id, workflow, loop_classes=options.loop_classes)
+            sink_all(sink, state.feed_history(entry))
+            return _result(state)
+        queue = await client.get_queue()
+        item = next((it for key in ("queue_running", "queue_pending") for it in queue.get(key) or []
+                     if isinstance(it, list) and len(it) >= 2 and it[1] == prompt_id), None)
+        if item is None:
+            entry = await client.get_history(prompt_id)
+            if not entry:
+                raise PromptLost(f"prompt {prompt_id} is not queued, running or in the history of {client.where}")
+            state = RunState(prompt_id, _workflow_of(entry.get("prompt")), loop_classes=options.loop_classes)
+            sink_all(sink, state.feed_history(entry))
+            return _result(state)
+        state = RunState(prompt_id, _workflow_of(item), loop_classes=options.loop_classes)
+        state.number = item[0]
+        extra = item[3] if len(item) > 3 and isinstance(item[3], Mapping) else {}
+        client_id = str(extra.get("client_id") or uuid.uuid4().hex)
+        socket: EventSocket | None = EventSocket(settings, client_id, client.ssl_context, inbox)
+        try:
+            assert socket is not None
+            try:
+                await socket.open()
+            except ServerError as exc:
+                sink(WarningEvent(prompt_id, "no_websocket", f"{exc}; following by polling only"))
+                socket = None
+            await _Waiter(client, socket, state, sink, options, inbox).run()
+            return _result(state, state.number)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and hasattr(task, "uncancel"):
+                task.uncancel()
+            raise Cancelled(f"stopped watching; prompt {prompt_id} continues on the server",
+                            hint=f"`lorawf cancel {prompt_id}` cancels it") from None
+        finally:
+            if socket is not None:
+                await socket.close()
+
+
+def sink_all(sink: Sink, events: Sequence[Event]) -> None:
+    for event in events:
+        sink(event)
+
+
+def _workflow_of(item: Any) -> dict[str, Any] | None:
+    if isinstance(item, list) and len(item) > 2 and isinstance(item[2], dict):
+        return item[2]
+    return None
+
+
+# ----------------------------------------------------------------------------------------- cancel
+
+
+async def cancel_prompt(client: ComfyClient, prompt_id: str, *, settle: float = 10.0) -> tuple[str, str]:
+    """Cancel one prompt: delete it if pending, interrupt it *by id* if running (never a global interrupt).
+
+    Returns ``(action, message)`` with action ``deleted``, ``interrupted`` or ``none``.
+    Raises :class:`PromptLost` when the id is unknown to the server.
+    """
+    state = RunState(prompt_id)
+    queue = await client.get_queue()
+    where = state.in_queue(queue)
+    if where == "pending":
+        await client.post_empty("/queue", {"delete": [prompt_id]})
+        queue = await client.get_queue()
+        where = state.in_queue(queue)
+        if where is None:
+            return "deleted", f"removed pending prompt {prompt_id} from the queue"
+    if where == "running":
+        await client.post_empty("/interrupt", {"prompt_id": prompt_id})
+        loop = asyncio.get_running_loop()
+        end = loop.time() + settle
+        while loop.time() < end:
+            await asyncio.sleep(0.1)
+            if state.in_queue(await client.get_queue()) != "running":
+                return "interrupted", f"interrupted running prompt {prompt_id}"
+        return "interrupted", f"sent an interrupt to running prompt {prompt_id} (it has not stopped yet)"
+    if where == "pending":
+        return "none", f"prompt {prompt_id} is still pending after a delete request"
+    entry = await client.get_history(prompt_id)
+    if entry:
+        raw_status = entry.get("status")
+        status: Mapping[str, Any] = raw_status if isinstance(raw_status, Mapping) else {}
+        return "none", f"prompt {prompt_id} already finished ({status.get('status_str', 'done')}); nothing to cancel"
+    raise PromptLost(f"prompt {prompt_id} is not queued, running or in the history of {client.where}")
+
+
+async def cancel(settings: ServerSettings, prompt_id: str) -> tuple[str, str]:
+    """:func:`cancel_prompt` with its own connection (for ``lorawf cancel``)."""
+    async with ComfyClient(settings) as client:
+        return await cancel_prompt(client, prompt_id)
