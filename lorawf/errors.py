@@ -158,6 +158,26 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 
+#: What the final ``done`` event says for an error: the most specific class first.
+_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
+    (Cancelled, "cancelled"),
+    (KeyboardInterrupt, "cancelled"),
+    (ServerRejected, "rejected"),
+    (PromptLost, "lost"),
+    (WaitTimeout, "timeout"),
+    (ServerUnreachable, "unreachable"),
+    (ServerError, "protocol_error"),
+)
+
+
+def outcome_for(error: BaseException) -> str:
+    """The ``done`` event's outcome for ``error`` (``failed`` for everything not listed)."""
+    for cls, outcome in _OUTCOMES:
+        if isinstance(error, cls):
+            return outcome
+    return "failed"
+
+
 def exit_code_for(error: BaseException) -> int:
     """Return the process exit code for ``error``: the one place where errors become exit codes."""
     for cls, code in _EXIT_CODES:

@@ -93,3 +93,7 @@ class Secrets:
             if secret in text or escaped in text:
                 return secret
         return None
+
+
+#: A command without secrets (no token, no headers).
+NO_SECRETS = Secrets()

@@ -20,10 +20,32 @@ from lorawf.errors import (
     WaitTimeout,
     exit_code_for,
 )
-from lorawf.net.download import download_outputs
-from lorawf.net.http import fetch_object_info, fetch_system_stats
-from lorawf.net.prompts import WaitOptions, cancel, submit_and_wait, watch_prompt
+from lorawf.net import download, prompts
+from lorawf.net.http import ComfyClient, fetch_object_info, fetch_system_stats
+from lorawf.net.prompts import RunResult, WaitOptions
+from lorawf.runs import engine
 from lorawf.net.settings import ServerSettings
+
+
+# The net layer works on an open client; these open one per call, like a one-shot command.
+async def submit_and_wait(settings: ServerSettings, *args: Any, **kwargs: Any) -> RunResult:
+    async with ComfyClient(settings) as client:
+        return await prompts.submit_and_wait(client, *args, **kwargs)
+
+
+async def watch_prompt(settings: ServerSettings, *args: Any, **kwargs: Any) -> RunResult:
+    async with ComfyClient(settings) as client:
+        return await prompts.watch_prompt(client, *args, **kwargs)
+
+
+async def download_outputs(settings: ServerSettings, *args: Any, **kwargs: Any) -> list[str]:
+    async with ComfyClient(settings) as client:
+        return await download.download_outputs(client, *args, **kwargs)
+
+
+async def cancel(settings: ServerSettings, prompt_id: str) -> tuple[str, str]:
+    done = await engine.cancel(settings, prompt_id)
+    return done.action, done.message
 
 
 def http_get(url: str, **kw: Any) -> httpx.Response:

@@ -172,29 +172,22 @@ def test_cache_key_is_per_server_and_version(tmp_path: Path) -> None:
     assert schema_cache.store("http://h:8188", "unknown", {"X": {}}, env) is None
 
 
-def test_server_schemas_fetch_once_then_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lorawf.net import http as client
-
+def test_server_schemas_fetch_once_then_cache(comfy_server: Any, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    calls: list[str] = []
+    host = comfy_server.url.split("://", 1)[1]
+    settings = ServerSettings.resolve(f"http://user:secret@{host}", environ={})
 
-    async def fake_info(settings: ServerSettings) -> dict[str, Any]:
-        calls.append("object_info")
-        return bundled_object_info()
+    def asked() -> list[str]:
+        return [r.path for r in comfy_server.requests() if r.path in ("/system_stats", "/object_info")]
 
-    async def fake_stats(settings: ServerSettings) -> dict[str, Any]:
-        calls.append("system_stats")
-        return {"system": {"comfyui_version": "0.3.64"}}
-
-    monkeypatch.setattr(client, "fetch_object_info", fake_info)
-    monkeypatch.setattr(client, "fetch_system_stats", fake_stats)
-    settings = ServerSettings.resolve("http://user:secret@gpu.example:8188", environ={})
+    comfy_server.clear_requests()
     first = schema_cache.server_schemas(settings)
     second = schema_cache.server_schemas(settings)
-    assert calls == ["system_stats", "object_info", "system_stats"]
+    assert asked() == ["/system_stats", "/object_info", "/system_stats"]
     assert set(first) == set(second) == set(SCHEMAS)
     assert "secret" not in first.source and "0.3.64" in first.source
     cached = list((tmp_path / "lorawf" / "object_info").iterdir())
     assert len(cached) == 1 and "secret" not in cached[0].name
     schema_cache.server_schemas(settings, refresh=True)
-    assert calls[-1] == "object_info"
+    assert asked()[-1] == "/object_info"

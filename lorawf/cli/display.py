@@ -1,18 +1,18 @@
 """Rendering run events: a live terminal display, plain log lines, or ``--json`` NDJSON.
 
-Each display is a callable sink for :class:`~lorawf.comfy.events.Event` objects plus ``close()``. Every string
-that leaves a display goes through :func:`scrub` with the server settings' secrets as a last defence.
+Each display is a reporter (a callable for :class:`~lorawf.comfy.events.Event` objects) plus ``close()``.
+Every string that leaves a display goes through the command's :class:`~lorawf.secrets.Secrets` as a last
+defence. :class:`Console` is the reporter the commands hand to the engine.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import TextIO
 
 from lorawf.comfy.events import (
     Cached,
@@ -22,13 +22,17 @@ from lorawf.comfy.events import (
     ErrorEvent,
     Event,
     Executing,
+    Notice,
     Output,
     Preview,
     Progress,
     Queued,
     Started,
+    Upload,
     WarningEvent,
 )
+from lorawf.secrets import NO_SECRETS, Secrets
+from lorawf.timefmt import format_duration, local_clock
 
 Clock = Callable[[], float]
 
@@ -40,33 +44,6 @@ _ROLE_LABEL = {
     "file": "file",
     "text": "text",
 }
-
-
-def scrub(text: str, secrets: Iterable[str]) -> str:
-    """Replace every secret value in ``text`` by ``***``."""
-    for secret in secrets:
-        if secret and len(secret) >= 3:
-            text = text.replace(secret, "***")
-    return text
-
-
-def _scrub_obj(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        return scrub(value, secrets)
-    if isinstance(value, list):
-        return [_scrub_obj(v, secrets) for v in value]
-    if isinstance(value, dict):
-        return {k: _scrub_obj(v, secrets) for k, v in value.items()}
-    return value
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or math.isnan(seconds) or seconds < 0 or seconds > 1e8:
-        return "--:--"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
 def bar(value: int, maximum: int, width: int = 28) -> str:
@@ -133,6 +110,9 @@ def describe(event: Event, verbose: bool = False) -> str | None:
         return f"preview saved: {event.path}" if event.path else None
     if isinstance(event, CancelDone):
         return event.message
+    if isinstance(event, Upload):
+        return (f"upload {event.files_done}/{event.files_total} files, {event.bytes_done}/{event.bytes_total} "
+                f"bytes: {event.file} {event.status}")
     if isinstance(event, Done):
         return None
     return None
@@ -141,10 +121,10 @@ def describe(event: Event, verbose: bool = False) -> str | None:
 class JsonDisplay:
     """``--json``: one ``lorawf.event/1`` object per line; the last line is the ``done`` event."""
 
-    def __init__(self, stream: TextIO, secrets: Iterable[str] = (), verbose: bool = False,
+    def __init__(self, stream: TextIO, secrets: Secrets = NO_SECRETS, verbose: bool = False,
                  clock: Callable[[], datetime] | None = None) -> None:
         self.stream = stream
-        self.secrets = list(secrets)
+        self.secrets = secrets
         self.verbose = verbose
         self.clock = clock or (lambda: datetime.now(timezone.utc))
 
@@ -153,7 +133,7 @@ class JsonDisplay:
         if isinstance(event, ErrorEvent) and not self.verbose:
             obj["traceback"] = None
         obj["time"] = self.clock().isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        self.stream.write(json.dumps(_scrub_obj(obj, self.secrets), ensure_ascii=False) + "\n")
+        self.stream.write(json.dumps(self.secrets.scrub_obj(obj), ensure_ascii=False) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -163,18 +143,18 @@ class JsonDisplay:
 class LogDisplay:
     """No terminal: plain time-stamped lines; progress at most every 10 % or every ``every`` seconds."""
 
-    def __init__(self, stream: TextIO, secrets: Iterable[str] = (), verbose: bool = False,
+    def __init__(self, stream: TextIO, secrets: Secrets = NO_SECRETS, verbose: bool = False,
                  clock: Clock = time.monotonic, every: float = 30.0) -> None:
         self.stream = stream
-        self.secrets = list(secrets)
+        self.secrets = secrets
         self.verbose = verbose
         self.clock = clock
         self.every = every
         self._last_progress: tuple[str, int, float] | None = None
 
     def _write(self, line: str) -> None:
-        stamp = datetime.now().strftime("%H:%M:%S")
-        for part in scrub(line, self.secrets).splitlines() or [""]:
+        stamp = local_clock()
+        for part in self.secrets.scrub(line).splitlines() or [""]:
             self.stream.write(f"[{stamp}] {part}\n")
         self.stream.flush()
 
@@ -202,10 +182,10 @@ class LogDisplay:
 class LiveDisplay:
     """A terminal: notices scroll above a redrawn block (current node, step bar, overall bar)."""
 
-    def __init__(self, stream: TextIO, secrets: Iterable[str] = (), verbose: bool = False,
+    def __init__(self, stream: TextIO, secrets: Secrets = NO_SECRETS, verbose: bool = False,
                  clock: Clock = time.monotonic, min_interval: float = 0.1) -> None:
         self.stream = stream
-        self.secrets = list(secrets)
+        self.secrets = secrets
         self.verbose = verbose
         self.clock = clock
         self.min_interval = min_interval
@@ -226,7 +206,7 @@ class LiveDisplay:
 
     def _notice(self, line: str) -> None:
         self._clear()
-        self.stream.write(scrub(line, self.secrets) + "\n")
+        self.stream.write(self.secrets.scrub(line) + "\n")
         self._draw(force=True)
 
     def _draw(self, force: bool = False) -> None:
@@ -252,7 +232,7 @@ class LiveDisplay:
             self.stream.write(f"\x1b[{self.block_lines}F\x1b[J")
         width = 200
         for line in lines:
-            self.stream.write(scrub(line, self.secrets)[:width] + "\n")
+            self.stream.write(self.secrets.scrub(line)[:width] + "\n")
         self.block_lines = len(lines)
         self.stream.flush()
 
@@ -282,7 +262,7 @@ class LiveDisplay:
         elif isinstance(event, Done):
             self._clear()
             if event.outcome in ("success", "submitted"):
-                self.stream.write(scrub(f"✔ {event.message}", self.secrets) + "\n")
+                self.stream.write(self.secrets.scrub(f"✔ {event.message}") + "\n")
             self.stream.flush()
         else:
             line = describe(event, self.verbose)
@@ -297,7 +277,7 @@ class LiveDisplay:
 Display = JsonDisplay | LogDisplay | LiveDisplay
 
 
-def make_display(json_mode: bool, secrets: Iterable[str] = (), verbose: bool = False,
+def make_display(json_mode: bool, secrets: Secrets = NO_SECRETS, verbose: bool = False,
                  stream: TextIO | None = None) -> Display:
     """``--json`` → NDJSON; a TTY stdout → the live display; otherwise plain log lines."""
     out = stream or sys.stdout
@@ -306,3 +286,38 @@ def make_display(json_mode: bool, secrets: Iterable[str] = (), verbose: bool = F
     if out.isatty():
         return LiveDisplay(out, secrets, verbose)
     return LogDisplay(out, secrets, verbose)
+
+
+class Console:
+    """The commands' reporter: run events to the display; lorawf's own notices (and, without ``--json``,
+    upload progress) as lines on stderr, so stdout keeps only the display or the NDJSON stream."""
+
+    def __init__(self, display: Display, secrets: Secrets = NO_SECRETS, *, json_mode: bool = False,
+                 err: TextIO | None = None) -> None:
+        self.display = display
+        self.secrets = secrets
+        self.json_mode = json_mode
+        self.err = err
+
+    def line(self, text: str) -> None:
+        """One line on stderr, scrubbed."""
+        stream = self.err or sys.stderr
+        stream.write(self.secrets.scrub(text) + "\n")
+        stream.flush()
+
+    def __call__(self, event: Event, /) -> None:
+        if isinstance(event, Notice):
+            self.line(f"warning: {event.message}" if event.warning else event.message)
+        elif isinstance(event, Upload) and not self.json_mode:
+            self.line(describe(event) or "")
+        else:
+            self.display(event)
+
+    def close(self) -> None:
+        self.display.close()
+
+
+def make_console(json_mode: bool, secrets: Secrets = NO_SECRETS, verbose: bool = False,
+                 stream: TextIO | None = None) -> Console:
+    """A :class:`Console` around :func:`make_display`."""
+    return Console(make_display(json_mode, secrets, verbose, stream), secrets, json_mode=json_mode)

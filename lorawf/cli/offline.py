@@ -9,40 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from lorawf.cli.options import overrides_from, plan_options
 from lorawf.errors import DriftFound, UsageError
 
 if TYPE_CHECKING:  # the planner is imported when a command runs, not for `lorawf --help`
-    from lorawf.training.plan import PlanOverrides, TrainingPlan
+    from lorawf.training.plan import TrainingPlan
 
 COMMANDS: list[click.Command] = []
 
 F = Callable[..., Any]
-
-
-def plan_options(func: F) -> F:
-    """The planning overrides shared by plan, patch and run."""
-    for decorator in reversed([
-        click.option("--images", type=int, help="Image count, when the dataset exists only on the GPU host."),
-        click.option("--dim", "network_dim", type=int, help="LoRA rank (network_dim); default 16."),
-        click.option("--alpha", "network_alpha", type=float, help="network_alpha; default = dim."),
-        click.option("--lr", "learning_rate", type=float, help="Learning rate; default 1e-4."),
-        click.option("--steps", "max_train_steps", type=int, help="Total steps, replacing images x 40."),
-        click.option("--steps-per-image", type=float, help="Steps per image (default 40), clamped to 500..3500."),
-        click.option("--interval", "checkpoint_interval", type=int, help="Checkpoint every N steps."),
-        click.option("--batch", "batch_size", type=int, help="Batch size; default 2."),
-        click.option("--repeats", "num_repeats", type=int, help="num_repeats; default 1."),
-    ]):
-        func = decorator(func)
-    return func
-
-
-def overrides_from(kwargs: dict[str, Any]) -> PlanOverrides:
-    """Pop the planning options out of click's kwargs."""
-    from lorawf.training.plan import PlanOverrides
-
-    names = ("network_dim", "network_alpha", "learning_rate", "max_train_steps", "steps_per_image",
-             "checkpoint_interval", "batch_size", "num_repeats")
-    return PlanOverrides(**{n: kwargs.pop(n) for n in names})
 
 
 def resolve_images(dataset: Path | None, images: int | None) -> tuple[int, str | None]:
@@ -138,7 +113,7 @@ COMMANDS.append(patch_command)
 def regen_command(presets: Path, check: bool) -> None:
     """Regenerate committed workflow files from a presets file (CI: --check fails on drift)."""
     from lorawf.fsutil import atomic_write_text
-    from lorawf.training.plan import PlanOverrides
+    from lorawf.training.plan import overrides_from_names
     from lorawf.workflow.build import build_workflow
     from lorawf.workflow.patch import PatchOptions
     from lorawf.workflow.regen import load_presets, short_diff
@@ -146,11 +121,7 @@ def regen_command(presets: Path, check: bool) -> None:
     drifted: list[str] = []
     for preset in load_presets(presets):
         v = dict(preset.values)
-        overrides = PlanOverrides(
-            network_dim=v.get("dim"), network_alpha=v.get("alpha"), learning_rate=v.get("lr"),
-            max_train_steps=v.get("steps"), steps_per_image=v.get("steps_per_image"),
-            checkpoint_interval=v.get("interval"), batch_size=v.get("batch"), num_repeats=v.get("repeats"),
-        )
+        overrides = overrides_from_names(v)
         options = PatchOptions(
             str(v["token"]), v.get("server_dataset_path"), v.get("checkpoint_dir"), v.get("output_name"),
             tuple(v.get("set", ())),

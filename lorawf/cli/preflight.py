@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from lorawf.cli.loop import run_async
+from lorawf.cli.options import ServerOptions, server_options, server_options_with
 from lorawf.errors import UsageError, ValidationFailed
 
 if TYPE_CHECKING:  # the schema module loads JSON resources: imported when a command runs
@@ -22,19 +24,18 @@ if TYPE_CHECKING:  # the schema module loads JSON resources: imported when a com
 COMMANDS: list[click.Command] = []
 
 
-def _schemas(server: str | None, object_info: Path | None, headers: Sequence[str], refresh: bool) -> SchemaSet:
+def _schemas(server: ServerOptions, object_info: Path | None, refresh: bool) -> SchemaSet:
     """Schemas from ``--object-info FILE``, a live ``--server`` (cached), or the bundled snapshot."""
     from lorawf.comfy.schema import bundled_schemas, load_object_info_file
 
-    if server and object_info:
+    if server.server and object_info:
         raise UsageError("give either --server or --object-info, not both")
     if object_info is not None:
         return load_object_info_file(object_info)
-    if server:
+    if server.server:
         from lorawf.net.schema_cache import server_schemas
-        from lorawf.net.settings import ServerSettings
 
-        return server_schemas(ServerSettings.resolve(server, headers), refresh=refresh)
+        return server_schemas(server.settings(), refresh=refresh)
     return bundled_schemas()
 
 
@@ -50,13 +51,10 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
 
 def _schema_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--refresh-schemas", is_flag=True, help="Refetch /object_info instead of using the cache.")(func)
-    func = click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
-                        help="Extra HTTP header for the server (repeatable).")(func)
     func = click.option("--object-info", "object_info", type=click.Path(path_type=Path, dir_okay=False),
                         help="Node schemas from a saved snapshot (see `lorawf object-info`).")(func)
-    func = click.option("--server", metavar="URL", help="Node schemas of a live server (cached per server and version).")(
-        func)
-    return func
+    return server_options_with("Node schemas of a live server (cached per server and version); default: the "
+                               "bundled snapshot. $LORAWF_TOKEN is sent as a bearer token.")(func)
 
 
 def _conversion_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -65,7 +63,7 @@ def _conversion_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--drop-unknown", is_flag=True,
                         help="UI files: drop nodes the server does not have (and what depends on them).")(func)
     func = click.option("--fix-stale", is_flag=True,
-                        help="UI files: fix values saved by older node versions (listed in docs/preflight.md).")(func)
+                        help="UI files: fix values saved by older node versions (see README: UI-format workflows).")(func)
     return func
 
 
@@ -74,8 +72,7 @@ def _conversion_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @_schema_options
 @_conversion_options
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as a JSON list.")
-def validate_cmd(workflow: Path, server: str | None, object_info: Path | None, headers: tuple[str, ...],
-                 refresh_schemas: bool, set_model: tuple[str, ...], drop_unknown: bool, fix_stale: bool,
+def validate_cmd(workflow: Path, server: ServerOptions, object_info: Path | None, refresh_schemas: bool, set_model: tuple[str, ...], drop_unknown: bool, fix_stale: bool,
                  as_json: bool) -> None:
     """Check WORKFLOW as the server would, plus what it ignores silently. Exit 0 clean, 1 problems.
 
@@ -84,7 +81,7 @@ def validate_cmd(workflow: Path, server: str | None, object_info: Path | None, h
     from lorawf.comfy.preflight import preflight, render_json, render_lines
     from lorawf.workflow.io import load_workflow
 
-    schemas = _schemas(server, object_info, headers, refresh_schemas)
+    schemas = _schemas(server, object_info, refresh_schemas)
     api, was_ui = load_workflow(workflow, schemas, model_overrides=_parse_overrides(set_model),
                                 fix_stale=fix_stale, drop_unknown=drop_unknown)
     if was_ui:
@@ -106,8 +103,7 @@ def validate_cmd(workflow: Path, server: str | None, object_info: Path | None, h
 @_schema_options
 @_conversion_options
 @click.option("-o", "--output", default="-", metavar="FILE|-", help="Where to write the API workflow (default stdout).")
-def convert_cmd(ui_file: Path, server: str | None, object_info: Path | None, headers: tuple[str, ...],
-                refresh_schemas: bool, set_model: tuple[str, ...], drop_unknown: bool, fix_stale: bool,
+def convert_cmd(ui_file: Path, server: ServerOptions, object_info: Path | None, refresh_schemas: bool, set_model: tuple[str, ...], drop_unknown: bool, fix_stale: bool,
                 output: str) -> None:
     """Convert a web-UI workflow export (UI.json) to API format using the node schemas."""
     from lorawf.errors import WorkflowFormatError
@@ -115,7 +111,7 @@ def convert_cmd(ui_file: Path, server: str | None, object_info: Path | None, hea
     from lorawf.workflow.convert import convert_ui
     from lorawf.workflow.io import detect_format, dumps_workflow, read_json
 
-    schemas = _schemas(server, object_info, headers, refresh_schemas)
+    schemas = _schemas(server, object_info, refresh_schemas)
     data = read_json(ui_file)
     kind = detect_format(data)
     if kind != "ui":
@@ -134,20 +130,16 @@ def convert_cmd(ui_file: Path, server: str | None, object_info: Path | None, hea
 
 
 @click.command("object-info")
-@click.option("--server", metavar="URL", help="The server to ask (default $LORAWF_SERVER or 127.0.0.1:8188).")
-@click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'", help="Extra HTTP header (repeatable).")
+@server_options
 @click.option("-o", "--output", required=True, metavar="FILE|-", help="Where to save the snapshot.")
-def object_info_cmd(server: str | None, headers: tuple[str, ...], output: str) -> None:
+def object_info_cmd(server: ServerOptions, output: str) -> None:
     """Save a server's node schemas (GET /object_info) for offline `validate --object-info`."""
-    import asyncio
-
     from lorawf.comfy.schema import parse_object_info
     from lorawf.fsutil import atomic_write_text
-    from lorawf.net.schema_cache import fetch_raw_object_info
-    from lorawf.net.settings import ServerSettings
+    from lorawf.runs import engine
 
-    settings = ServerSettings.resolve(server, headers)
-    data = asyncio.run(fetch_raw_object_info(settings))
+    settings = server.settings()
+    data = run_async(lambda: engine.object_info(settings))
     schemas = parse_object_info(data, source=settings.redacted_url)
     text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
     if output == "-":

@@ -206,6 +206,31 @@ class CancelDone(Event):
 
 
 @dataclass(frozen=True)
+class Upload(Event):
+    """A dataset file was sent to the server (``status`` sent) or found there already (``skipped``)."""
+
+    kind: ClassVar[str] = "upload"
+    file: str = ""
+    status: str = "sent"
+    files_done: int = 0
+    files_total: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+
+
+@dataclass(frozen=True)
+class Notice(Event):
+    """A line about lorawf's own steps (dataset, plan, preflight, run folder); ``warning`` marks advice.
+
+    Shown on stderr in every mode; not part of the ``--json`` stream.
+    """
+
+    kind: ClassVar[str] = "notice"
+    message: str = ""
+    warning: bool = False
+
+
+@dataclass(frozen=True)
 class Done(Event):
     """Always the last event: the outcome, the process exit code, a one-line message, every output file."""
 

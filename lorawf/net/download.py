@@ -23,7 +23,6 @@ from lorawf.errors import (
 from lorawf.fsutil import sha256_file
 from lorawf.net import bulk_get
 from lorawf.net.http import USER_AGENT, ComfyClient, Sink
-from lorawf.net.settings import ServerSettings
 from lorawf.safepaths import UnsafePath, free_name, is_within, local_path, partial_path
 
 #: Tries per output file; each retry resumes the partial file.
@@ -127,7 +126,7 @@ async def _httpx_download(client: ComfyClient, params: dict[str, str], headers: 
                           tag_file: Path, what: str) -> tuple[str, str | None, int]:
     """The general path (proxies, chunked answers): httpx streaming, flat memory."""
     status = "saved"
-    try:
+    with client.mapped(what):
         async with client.http.stream("GET", "/view", params=params, headers=headers) as resp:
             client.check_status(resp, what)
             if resp.status_code == 206 and headers:
@@ -143,12 +142,10 @@ async def _httpx_download(client: ComfyClient, params: dict[str, str], headers: 
                     written += len(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
-    except httpx.HTTPError as exc:
-        raise client._unreachable(exc, what) from None
     return status, expected, written
 
 
-async def download_outputs(settings: ServerSettings, files: Sequence[OutputFile], dest: Path, sink: Sink,
+async def download_outputs(client: ComfyClient, files: Sequence[OutputFile], dest: Path, sink: Sink,
                            prompt_id: str, *, local_for: Callable[[OutputFile], Path] | None = None,
                            attempts: int = DOWNLOAD_ATTEMPTS) -> list[str]:
     """Download every file; returns one problem line per file that could not be saved (never raises for one).
@@ -157,24 +154,23 @@ async def download_outputs(settings: ServerSettings, files: Sequence[OutputFile]
     A connection cut mid-file is retried up to ``attempts`` times, resuming the ``.part`` file with ``Range``.
     """
     problems: list[str] = []
-    async with ComfyClient(settings) as client:
-        for ref in files:
-            try:
-                local = local_for(ref) if local_for is not None else None
-                for attempt in range(attempts):
-                    try:
-                        sink(await download_file(client, ref, dest, prompt_id, local=local))
-                        break
-                    except (ServerUnreachable, ProtocolError) as exc:
-                        if attempt + 1 == attempts:
-                            raise
-                        sink(WarningEvent(prompt_id, "download_retry", f"{ref.filename}: {exc}; resuming"))
-                        await asyncio.sleep(0.5 * (attempt + 1))
-            except UnsafePath as exc:
-                problems.append(f"unsafe output name from server refused: {exc}")
-                sink(WarningEvent(prompt_id, "unsafe_filename", f"not downloaded: {exc}"))
-            except (LorawfError, OSError) as exc:
-                text = str(exc) if isinstance(exc, LorawfError) else f"{ref.filename}: {exc.strerror or exc}"
-                problems.append(text)
-                sink(WarningEvent(prompt_id, "download_failed", text))
+    for ref in files:
+        try:
+            local = local_for(ref) if local_for is not None else None
+            for attempt in range(attempts):
+                try:
+                    sink(await download_file(client, ref, dest, prompt_id, local=local))
+                    break
+                except (ServerUnreachable, ProtocolError) as exc:
+                    if attempt + 1 == attempts:
+                        raise
+                    sink(WarningEvent(prompt_id, "download_retry", f"{ref.filename}: {exc}; resuming"))
+                    await asyncio.sleep(0.5 * (attempt + 1))
+        except UnsafePath as exc:
+            problems.append(f"unsafe output name from server refused: {exc}")
+            sink(WarningEvent(prompt_id, "unsafe_filename", f"not downloaded: {exc}"))
+        except (LorawfError, OSError) as exc:
+            text = str(exc) if isinstance(exc, LorawfError) else f"{ref.filename}: {exc.strerror or exc}"
+            problems.append(text)
+            sink(WarningEvent(prompt_id, "download_failed", text))
     return problems

@@ -6,8 +6,9 @@ Every request carries the configured headers; every transport failure goes throu
 
 from __future__ import annotations
 
+import contextlib
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,13 +112,23 @@ class ComfyClient:
                 reason = f"TLS error: {reason} (use --ca-bundle FILE, or --insecure to skip verification)"
         return ServerUnreachable(self.settings.secrets.scrub(f"cannot reach {self.where} ({what}): {reason}"))
 
+    @contextlib.contextmanager
+    def mapped(self, what: str) -> Iterator[None]:
+        """The one mapping of transport failures (httpx's tree) to :class:`ServerUnreachable` for ``what``.
+
+        Modelled on httpx's own ``map_httpcore_exceptions``: one context manager instead of the same
+        ``except`` at every call.
+        """
+        try:
+            yield
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc, what) from None
+
     async def request(self, method: str, path: str, *, what: str | None = None, **kwargs: Any) -> httpx.Response:
         """Send one request; transport failures are :class:`ServerUnreachable`, bad statuses ProtocolError."""
         what = what or f"{method} {path}"
-        try:
+        with self.mapped(what):
             resp = await self.http.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc, what) from None
         self.check_status(resp, what)
         return resp
 
@@ -146,11 +157,32 @@ class ComfyClient:
         what = f"GET {path}"
         return self.json_of(await self.request("GET", path, what=what, **kwargs), what)
 
-    async def get_queue(self) -> dict[str, Any]:
-        body = await self.get_json("/queue")
+    async def get_object(self, path: str) -> dict[str, Any]:
+        """A GET whose answer must be a JSON object."""
+        body = await self.get_json(path)
         if not isinstance(body, dict):
-            raise ProtocolError("GET /queue: expected a JSON object")
+            raise ProtocolError(f"GET {path}: expected a JSON object")
         return body
+
+    async def object_info(self) -> dict[str, Any]:
+        """``GET /object_info``: every node class the server knows."""
+        return await self.get_object("/object_info")
+
+    async def system_stats(self) -> dict[str, Any]:
+        """``GET /system_stats``: server version, Python/torch versions and devices."""
+        return await self.get_object("/system_stats")
+
+    async def server_facts(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """``/system_stats`` and ``/internal/folder_paths`` (``None`` when the server does not offer it)."""
+        stats = await self.system_stats()
+        try:
+            paths = await self.get_json("/internal/folder_paths")
+        except ProtocolError:
+            paths = None
+        return stats, paths if isinstance(paths, dict) else None
+
+    async def get_queue(self) -> dict[str, Any]:
+        return await self.get_object("/queue")
 
     async def get_history(self, prompt_id: str) -> dict[str, Any] | None:
         """Our history entry, or ``None`` while it is ``{}`` (not finished, or unknown)."""
@@ -169,10 +201,8 @@ class ComfyClient:
         if extra_data:
             body["extra_data"] = dict(extra_data)
         what = "POST /prompt"
-        try:
+        with self.mapped(what):
             resp = await self.http.post("/prompt", json=body)
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc, what) from None
         if resp.status_code == 400:
             data = self.json_of(resp, what)
             if not isinstance(data, Mapping):
@@ -201,12 +231,9 @@ class ComfyClient:
         data = {"subfolder": subfolder, "type": kind}
         if overwrite:
             data["overwrite"] = "true"
-        try:
-            with open(local, "rb") as handle:  # noqa: ASYNC230 - httpx streams the file in chunks
-                resp = await self.http.post("/upload/image", data=data,
-                                            files={"image": (name, handle, "application/octet-stream")})
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc, what) from None
+        with self.mapped(what), open(local, "rb") as handle:  # noqa: ASYNC230 - httpx streams the file
+            resp = await self.http.post("/upload/image", data=data,
+                                        files={"image": (name, handle, "application/octet-stream")})
         if 400 <= resp.status_code < 500:
             excerpt = _body_excerpt(resp, self.settings)
             raise ServerRejected(f"{what}: the server refused the upload (HTTP {resp.status_code})"
@@ -221,7 +248,7 @@ class ComfyClient:
         """Size of a file the server holds (via a one-byte ranged ``/view``), or ``None`` if it has none."""
         params = {"filename": filename, "subfolder": subfolder, "type": kind}
         what = f"GET /view {filename!r}"
-        try:
+        with self.mapped(what):
             async with self.http.stream("GET", "/view", params=params, headers={"Range": "bytes=0-0"}) as resp:
                 if resp.status_code == 404:
                     return None
@@ -231,15 +258,13 @@ class ComfyClient:
                     return int(rng.rsplit("/", 1)[1])
                 length = resp.headers.get("Content-Length")
                 return int(length) if length and length.isdigit() else None
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc, what) from None
 
     async def read_small(self, filename: str, subfolder: str, kind: str = "input",
                          limit: int = 8 << 20) -> bytes | None:
         """A small server file's bytes (e.g. a manifest), ``None`` if it does not exist."""
         params = {"filename": filename, "subfolder": subfolder, "type": kind}
         what = f"GET /view {filename!r}"
-        try:
+        with self.mapped(what):
             async with self.http.stream("GET", "/view", params=params) as resp:
                 if resp.status_code == 404:
                     return None
@@ -250,45 +275,24 @@ class ComfyClient:
                     if len(data) > limit:
                         raise ProtocolError(f"{what}: larger than {limit} bytes")
                 return data
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc, what) from None
 
 
 # ------------------------------------------------------------------------------------ simple reads
 
 
 async def fetch_queue(settings: ServerSettings) -> dict[str, Any]:
-    """``GET /queue``."""
+    """``GET /queue`` with a client of its own (for one-request commands)."""
     async with ComfyClient(settings) as client:
         return await client.get_queue()
 
 
-async def _fetch_object(settings: ServerSettings, path: str) -> dict[str, Any]:
-    async with ComfyClient(settings) as client:
-        body = await client.get_json(path)
-    if not isinstance(body, dict):
-        raise ProtocolError(f"GET {path}: expected a JSON object")
-    return body
-
-
 async def fetch_object_info(settings: ServerSettings) -> dict[str, Any]:
-    """``GET /object_info``: every node class the server knows."""
-    return await _fetch_object(settings, "/object_info")
-
-
-async def fetch_server_facts(settings: ServerSettings) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """``/system_stats`` and ``/internal/folder_paths`` (``None`` when the server does not offer the latter)."""
+    """``GET /object_info`` with a client of its own: every node class the server knows."""
     async with ComfyClient(settings) as client:
-        stats = await client.get_json("/system_stats")
-        try:
-            paths = await client.get_json("/internal/folder_paths")
-        except ProtocolError:
-            paths = None
-    if not isinstance(stats, dict):
-        raise ProtocolError("GET /system_stats: expected a JSON object")
-    return stats, paths if isinstance(paths, dict) else None
+        return await client.object_info()
 
 
 async def fetch_system_stats(settings: ServerSettings) -> dict[str, Any]:
-    """``GET /system_stats``: server version, Python/torch versions and devices."""
-    return await _fetch_object(settings, "/system_stats")
+    """``GET /system_stats`` with a client of its own: versions and devices."""
+    async with ComfyClient(settings) as client:
+        return await client.system_stats()

@@ -46,7 +46,6 @@ from lorawf.errors import (
 )
 from lorawf.fsutil import atomic_write_bytes
 from lorawf.net.http import ComfyClient, Sink
-from lorawf.net.settings import ServerSettings
 from lorawf.net.socket import INBOX_SIZE, EventSocket
 
 #: Seconds of socket silence (for our prompt) after which ``/history`` and ``/queue`` are polled.
@@ -311,7 +310,7 @@ def _check_extra_data(extra_data: Mapping[str, Any] | None, sink: Sink, prompt_i
 
 
 async def submit_and_wait(
-    settings: ServerSettings,
+    client: ComfyClient,
     workflow: Mapping[str, Any],
     sink: Sink,
     *,
@@ -331,39 +330,38 @@ async def submit_and_wait(
     prompt_id = str(uuid.uuid4())
     extra = _check_extra_data(extra_data, sink, prompt_id)
     inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(INBOX_SIZE)
-    async with ComfyClient(settings) as client:
-        socket = EventSocket(settings, client_id, client.ssl_context, inbox) if wait else None
-        state = RunState(prompt_id, workflow, loop_classes=options.loop_classes)
-        submitted = False
-        try:
-            if socket is not None:
-                await socket.open()
-            submitted = True  # from here on, the server may have our prompt: a Ctrl-C must cancel it
-            result = await client.post_prompt(workflow, client_id, prompt_id, extra)
-            if result.prompt_id != prompt_id:  # old servers ignore ours: theirs is authoritative
-                state = RunState(result.prompt_id, workflow, loop_classes=options.loop_classes)
-            state.number = result.number
-            sink(Queued(state.prompt_id, result.number, None))
-            if result.node_errors:
-                lines = render_node_errors(result.node_errors)
-                sink(WarningEvent(state.prompt_id, "node_errors",
-                                  "some outputs failed validation and will not run: "
-                                  + "; ".join(line.strip() for line in lines)))
-            if not wait:
-                return RunResult(state.prompt_id, "submitted", state,
-                                 f"prompt {state.prompt_id} queued (number {result.number})", [], result.number)
-            await _Waiter(client, socket, state, sink, options, inbox).run()
-            return _result(state, result.number)
-        except asyncio.CancelledError:
-            if not submitted:
-                raise Cancelled("cancelled before anything was submitted") from None
-            raise await _cancel_after_interrupt(client, state, sink) from None
-        finally:
-            if socket is not None:
-                await socket.close()
+    socket = EventSocket(client.settings, client_id, client.ssl_context, inbox) if wait else None
+    state = RunState(prompt_id, workflow, loop_classes=options.loop_classes)
+    submitted = False
+    try:
+        if socket is not None:
+            await socket.open()
+        submitted = True  # from here on, the server may have our prompt: a Ctrl-C must cancel it
+        result = await client.post_prompt(workflow, client_id, prompt_id, extra)
+        if result.prompt_id != prompt_id:  # old servers ignore ours: theirs is authoritative
+            state = RunState(result.prompt_id, workflow, loop_classes=options.loop_classes)
+        state.number = result.number
+        sink(Queued(state.prompt_id, result.number, None))
+        if result.node_errors:
+            lines = render_node_errors(result.node_errors)
+            sink(WarningEvent(state.prompt_id, "node_errors",
+                              "some outputs failed validation and will not run: "
+                              + "; ".join(line.strip() for line in lines)))
+        if not wait:
+            return RunResult(state.prompt_id, "submitted", state,
+                             f"prompt {state.prompt_id} queued (number {result.number})", [], result.number)
+        await _Waiter(client, socket, state, sink, options, inbox).run()
+        return _result(state, result.number)
+    except asyncio.CancelledError:
+        if not submitted:
+            raise Cancelled("cancelled before anything was submitted") from None
+        raise await _cancel_after_interrupt(client, state, sink) from None
+    finally:
+        if socket is not None:
+            await socket.close()
 
 
-async def watch_prompt(settings: ServerSettings, prompt_id: str, sink: Sink, *,
+async def watch_prompt(client: ComfyClient, prompt_id: str, sink: Sink, *,
                        options: WaitOptions | None = None) -> RunResult:
     """Follow a prompt someone already queued: report it from history if finished, else wait for its end.
 
@@ -373,46 +371,45 @@ async def watch_prompt(settings: ServerSettings, prompt_id: str, sink: Sink, *,
     """
     options = options or WaitOptions()
     inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(INBOX_SIZE)
-    async with ComfyClient(settings) as client:
+    entry = await client.get_history(prompt_id)
+    if entry:
+        workflow = _workflow_of(entry.get("prompt"))
+        state = RunState(prompt_id, workflow, loop_classes=options.loop_classes)
+        sink_all(sink, state.feed_history(entry))
+        return _result(state)
+    queue = await client.get_queue()
+    item = next((it for key in ("queue_running", "queue_pending") for it in queue.get(key) or []
+                 if isinstance(it, list) and len(it) >= 2 and it[1] == prompt_id), None)
+    if item is None:
         entry = await client.get_history(prompt_id)
-        if entry:
-            workflow = _workflow_of(entry.get("prompt"))
-            state = RunState(prompt_id, workflow, loop_classes=options.loop_classes)
-            sink_all(sink, state.feed_history(entry))
-            return _result(state)
-        queue = await client.get_queue()
-        item = next((it for key in ("queue_running", "queue_pending") for it in queue.get(key) or []
-                     if isinstance(it, list) and len(it) >= 2 and it[1] == prompt_id), None)
-        if item is None:
-            entry = await client.get_history(prompt_id)
-            if not entry:
-                raise PromptLost(f"prompt {prompt_id} is not queued, running or in the history of {client.where}")
-            state = RunState(prompt_id, _workflow_of(entry.get("prompt")), loop_classes=options.loop_classes)
-            sink_all(sink, state.feed_history(entry))
-            return _result(state)
-        state = RunState(prompt_id, _workflow_of(item), loop_classes=options.loop_classes)
-        state.number = item[0]
-        extra = item[3] if len(item) > 3 and isinstance(item[3], Mapping) else {}
-        client_id = str(extra.get("client_id") or uuid.uuid4().hex)
-        socket: EventSocket | None = EventSocket(settings, client_id, client.ssl_context, inbox)
+        if not entry:
+            raise PromptLost(f"prompt {prompt_id} is not queued, running or in the history of {client.where}")
+        state = RunState(prompt_id, _workflow_of(entry.get("prompt")), loop_classes=options.loop_classes)
+        sink_all(sink, state.feed_history(entry))
+        return _result(state)
+    state = RunState(prompt_id, _workflow_of(item), loop_classes=options.loop_classes)
+    state.number = item[0]
+    extra = item[3] if len(item) > 3 and isinstance(item[3], Mapping) else {}
+    client_id = str(extra.get("client_id") or uuid.uuid4().hex)
+    socket: EventSocket | None = EventSocket(client.settings, client_id, client.ssl_context, inbox)
+    try:
+        assert socket is not None
         try:
-            assert socket is not None
-            try:
-                await socket.open()
-            except ServerError as exc:
-                sink(WarningEvent(prompt_id, "no_websocket", f"{exc}; following by polling only"))
-                socket = None
-            await _Waiter(client, socket, state, sink, options, inbox).run()
-            return _result(state, state.number)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and hasattr(task, "uncancel"):
-                task.uncancel()
-            raise Cancelled(f"stopped watching; prompt {prompt_id} continues on the server",
-                            hint=f"`lorawf cancel {prompt_id}` cancels it") from None
-        finally:
-            if socket is not None:
-                await socket.close()
+            await socket.open()
+        except ServerError as exc:
+            sink(WarningEvent(prompt_id, "no_websocket", f"{exc}; following by polling only"))
+            socket = None
+        await _Waiter(client, socket, state, sink, options, inbox).run()
+        return _result(state, state.number)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and hasattr(task, "uncancel"):
+            task.uncancel()
+        raise Cancelled(f"stopped watching; prompt {prompt_id} continues on the server",
+                        hint=f"`lorawf cancel {prompt_id}` cancels it") from None
+    finally:
+        if socket is not None:
+            await socket.close()
 
 
 def sink_all(sink: Sink, events: Sequence[Event]) -> None:
@@ -461,9 +458,3 @@ async def cancel_prompt(client: ComfyClient, prompt_id: str, *, settle: float = 
         status: Mapping[str, Any] = raw_status if isinstance(raw_status, Mapping) else {}
         return "none", f"prompt {prompt_id} already finished ({status.get('status_str', 'done')}); nothing to cancel"
     raise PromptLost(f"prompt {prompt_id} is not queued, running or in the history of {client.where}")
-
-
-async def cancel(settings: ServerSettings, prompt_id: str) -> tuple[str, str]:
-    """:func:`cancel_prompt` with its own connection (for ``lorawf cancel``)."""
-    async with ComfyClient(settings) as client:
-        return await cancel_prompt(client, prompt_id)

@@ -3,7 +3,7 @@
 The cache lives in ``$XDG_CACHE_HOME/lorawf/object_info/`` (``~/.cache/...`` without the variable);
 one JSON file per server (redacted URL: no credentials, no query) and ``comfyui_version``. Installing
 a custom node pack does not change the version, so ``refresh=True`` (``--refresh-schemas``) refetches.
-Networking is :mod:`lorawf.net.http`'s: imported only when a server is actually asked.
+Networking is :mod:`lorawf.net.http`'s, through the caller's client.
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorawf.comfy.schema import SchemaSet, parse_object_info
 from lorawf.fsutil import atomic_write_text
 from lorawf.net.settings import ServerSettings
 
-__all__ = ["cache_dir", "cache_path", "fetch_raw_object_info", "load_cached", "server_schemas", "store"]
+if TYPE_CHECKING:  # httpx is imported only when a server is asked
+    from lorawf.net.http import ComfyClient
+
+__all__ = ["cache_dir", "cache_path", "load_cached", "load_server_schemas", "server_schemas", "store"]
 
 UNKNOWN_VERSION = "unknown"
 
@@ -69,35 +72,29 @@ def _version(stats: Any) -> str:
     return str(version) if version else UNKNOWN_VERSION
 
 
-async def fetch_raw_object_info(settings: ServerSettings) -> dict[str, Any]:
-    """``GET /object_info`` of the server, uncached."""
-    from lorawf.net.http import fetch_object_info
-
-    return await fetch_object_info(settings)
-
-
-async def _server_object_info(settings: ServerSettings, refresh: bool,
-                              stats: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
-    from lorawf.net.http import fetch_object_info, fetch_system_stats
-
-    version = _version(stats if stats is not None else await fetch_system_stats(settings))
-    url = settings.redacted_url
-    if not refresh:
-        cached = load_cached(url, version)
-        if cached is not None:
-            return cached, version
-    data = await fetch_object_info(settings)
-    store(url, version, data)
-    return data, version
-
-
-def server_schemas(settings: ServerSettings, *, refresh: bool = False,
-                   system_stats: Mapping[str, Any] | None = None) -> SchemaSet:
-    """Schemas of a live server (``/system_stats`` for the version, then the cache or ``/object_info``).
+async def load_server_schemas(client: ComfyClient, *, refresh: bool = False,
+                              system_stats: Mapping[str, Any] | None = None) -> SchemaSet:
+    """Schemas of the client's server: ``/system_stats`` for the version, then the cache or ``/object_info``.
 
     ``system_stats``: the server's answer when the caller already has it (saves a request).
     """
+    version = _version(system_stats if system_stats is not None else await client.system_stats())
+    url = client.settings.redacted_url
+    data = None if refresh else load_cached(url, version)
+    if data is None:
+        data = await client.object_info()
+        store(url, version, data)
+    return parse_object_info(data, source=f"{url} (ComfyUI {version})")
+
+
+def server_schemas(settings: ServerSettings, *, refresh: bool = False) -> SchemaSet:
+    """:func:`load_server_schemas` with a client and an event loop of its own (``validate``, ``convert``)."""
     import asyncio
 
-    data, version = asyncio.run(_server_object_info(settings, refresh, system_stats))
-    return parse_object_info(data, source=f"{settings.redacted_url} (ComfyUI {version})")
+    from lorawf.net.http import ComfyClient
+
+    async def load() -> SchemaSet:
+        async with ComfyClient(settings) as client:
+            return await load_server_schemas(client, refresh=refresh)
+
+    return asyncio.run(load())

@@ -13,21 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorawf.comfy.events import Upload
 from lorawf.errors import ProtocolError
 from lorawf.net.http import ComfyClient
 from lorawf.net.upload_plan import MANIFEST_NAME, UploadFile, files_to_send, manifest
-
-
-@dataclass(frozen=True)
-class UploadProgress:
-    """Progress after each file: counts and bytes, and what happened to the file (sent or skipped)."""
-
-    name: str
-    status: str
-    files_done: int
-    files_total: int
-    bytes_done: int
-    bytes_total: int
 
 
 @dataclass(frozen=True)
@@ -41,7 +30,7 @@ class UploadReport:
 
 
 async def upload_dataset(client: ComfyClient, files: list[UploadFile], subfolder: str,
-                         progress: Callable[[UploadProgress], None] = lambda p: None) -> UploadReport:
+                         progress: Callable[[Upload], None] = lambda p: None) -> UploadReport:
     """Upload ``files`` into ``input/<subfolder>``; files with the same name, size and hash are skipped."""
     raw = await client.read_small(MANIFEST_NAME, subfolder)
     remote = None
@@ -71,10 +60,10 @@ async def upload_dataset(client: ComfyClient, files: list[UploadFile], subfolder
                 )
             done_bytes += f.size
             sent.append(f.name)
-            progress(UploadProgress(f.name, "sent", index, len(files), done_bytes, total_bytes))
+            progress(Upload(None, f.name, "sent", index, len(files), done_bytes, total_bytes))
         else:
             skipped.append(f.name)
-            progress(UploadProgress(f.name, "skipped", index, len(files), done_bytes, total_bytes))
+            progress(Upload(None, f.name, "skipped", index, len(files), done_bytes, total_bytes))
     if sent or remote is None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / MANIFEST_NAME

@@ -8,10 +8,12 @@ image with one repeat, clamped to 500..3500 steps, and checkpoints often enough 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lorawf.errors import DatasetError, OverrideError
+from lorawf.training.overrides import OVERRIDE_NAMES
 
 STEPS_PER_IMAGE = 40
 MIN_STEPS = 500
@@ -60,6 +62,11 @@ class PlanOverrides:
     checkpoint_interval: int | None = None
     batch_size: int | None = None
     num_repeats: int | None = None
+
+
+def overrides_from_names(values: Mapping[str, Any]) -> PlanOverrides:
+    """:class:`PlanOverrides` from short names (``dim``, ``lr``...); names not listed are ignored."""
+    return PlanOverrides(**{o.field: values.get(o.name) for o in OVERRIDE_NAMES})
 
 
 @dataclass(frozen=True)

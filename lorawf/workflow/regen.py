@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lorawf.errors import InputError
+from lorawf.training.overrides import OVERRIDE_NAMES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -17,7 +18,7 @@ else:  # pragma: no cover
 
 PRESET_KEYS = {
     "name", "output", "template", "images", "token", "server_dataset_path", "checkpoint_dir", "output_name",
-    "dim", "alpha", "lr", "steps", "steps_per_image", "interval", "batch", "repeats", "set",
+    "set", *(o.name for o in OVERRIDE_NAMES),
 }
 
 

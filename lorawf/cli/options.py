@@ -1,0 +1,103 @@
+"""Options shared by several commands, defined once: server, following, planning overrides."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from lorawf.training.overrides import OVERRIDE_NAMES
+
+if TYPE_CHECKING:  # imported when a command runs, not for `lorawf --help`
+    from lorawf.net.settings import ServerSettings
+    from lorawf.runs.engine import FollowOptions
+    from lorawf.training.plan import PlanOverrides
+
+F = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """What the user said about the server; :meth:`settings` resolves it (environment, defaults, secrets)."""
+
+    server: str | None = None
+    headers: tuple[str, ...] = ()
+    ca_bundle: str | None = None
+    insecure: bool = False
+
+    def settings(self, fallback_url: str | None = None) -> ServerSettings:
+        """``--server``, else ``fallback_url`` (a run record's server), else ``$LORAWF_SERVER``, else local."""
+        from lorawf.net.settings import ServerSettings
+
+        return ServerSettings.resolve(self.server or fallback_url, self.headers, self.ca_bundle, self.insecure)
+
+
+SERVER_HELP = ("ComfyUI server (default: $LORAWF_SERVER, else http://127.0.0.1:8188). "
+               "$LORAWF_TOKEN is sent as a bearer token.")
+
+
+def server_options(func: F) -> F:
+    """``--server``, ``--header`` (repeatable), ``--ca-bundle``, ``--insecure``: the command gets ``server``,
+    one :class:`ServerOptions`, for every command that talks to a server."""
+    return server_options_with(SERVER_HELP)(func)
+
+
+def server_options_with(server_help: str) -> Callable[[F], F]:
+    """:func:`server_options` with another help text for ``--server`` (where it has another default)."""
+
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def wrapper(*args: Any, server: str | None, headers: tuple[str, ...], ca_bundle: str | None,
+                    insecure: bool, **kwargs: Any) -> Any:
+            return command(*args, server=ServerOptions(server, headers, ca_bundle, insecure), **kwargs)
+
+        wrapped: F = click.option("--insecure", is_flag=True, help="Do not verify the server's TLS certificate.")(
+            wrapper)
+        wrapped = click.option("--ca-bundle", type=click.Path(dir_okay=False), default=None,
+                               help="Extra CA certificates (PEM) to verify the server's TLS certificate.")(wrapped)
+        wrapped = click.option("--header", "headers", multiple=True, metavar="'Name: value'",
+                               help="Extra header on every HTTP request and the websocket handshake "
+                                    "(repeatable).")(wrapped)
+        return click.option("--server", default=None, metavar="URL", help=server_help)(wrapped)
+
+    return decorate
+
+
+def follow_options(func: F) -> F:
+    """``--json``, ``--download``, ``--timeout``, ``--previews``, ``--verbose``."""
+    func = click.option("--verbose", "-v", is_flag=True, help="Show server tracebacks of failed nodes.")(func)
+    func = click.option("--previews", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help="Save binary preview frames into this folder (default: ignore them).")(func)
+    func = click.option("--timeout", type=float, default=None, metavar="S",
+                        help="Give up waiting after S seconds (the prompt keeps running). Default: no limit.")(func)
+    func = click.option("--download", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        metavar="DIR", help="Download every output file into DIR.")(func)
+    func = click.option("--json", "json_mode", is_flag=True,
+                        help="Print NDJSON events (schema lorawf.event/1); the last line is the outcome.")(func)
+    return func
+
+
+def follow_from(*, wait: bool = True, download: Path | None = None, timeout: float | None = None,
+                previews: Path | None = None) -> FollowOptions:
+    from lorawf.runs.engine import FollowOptions
+
+    return FollowOptions(wait=wait, download=download, timeout=timeout, previews=previews)
+
+
+def plan_options(func: F) -> F:
+    """The planning overrides shared by plan, patch and run (``--images`` and :data:`OVERRIDE_NAMES`)."""
+    for spec in reversed(OVERRIDE_NAMES):
+        func = click.option(spec.flag, spec.field, type=spec.type, help=spec.help)(func)
+    return click.option("--images", type=int,
+                        help="Image count, when the dataset exists only on the GPU host.")(func)
+
+
+def overrides_from(kwargs: dict[str, Any]) -> PlanOverrides:
+    """Pop the planning options out of click's kwargs."""
+    from lorawf.training.plan import PlanOverrides
+
+    return PlanOverrides(**{spec.field: kwargs.pop(spec.field) for spec in OVERRIDE_NAMES})

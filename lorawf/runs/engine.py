@@ -1,0 +1,241 @@
+"""The engine beneath every command: submit, watch, cancel and read the queue, as async functions.
+
+Each function takes the server settings and a *reporter* (any callable that receives typed
+:class:`~lorawf.comfy.events.Event` objects: the same events ``--json`` prints) and opens one
+:class:`~lorawf.net.http.ComfyClient` (one connection pool) for the whole call. The engine never prints
+and never imports the command line; the CLI's displays are reporters.
+
+A followed prompt always ends its event stream with one ``done`` event, then every non-success is
+raised as a :class:`~lorawf.errors.LorawfError` (the CLI maps it to the exit code with
+:func:`~lorawf.errors.exit_code_for`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from lorawf.comfy.events import CancelDone, Done, ErrorEvent, Event, Notice
+from lorawf.errors import (
+    LorawfError,
+    ProtocolError,
+    RunFailed,
+    ServerRejected,
+    exit_code_for,
+    outcome_for,
+)
+from lorawf.net.settings import ServerSettings
+
+if TYPE_CHECKING:  # httpx and websockets load with the first request, not with `lorawf --help`
+    from lorawf.comfy.schema import SchemaSet
+    from lorawf.net.http import ComfyClient
+    from lorawf.net.prompts import RunResult, WaitOptions
+
+
+class Reporter(Protocol):
+    """Receives every event of a command, in order (a display, a recorder, a test's list)."""
+
+    def __call__(self, event: Event, /) -> None: ...
+
+
+@dataclass(frozen=True)
+class FollowOptions:
+    """How to follow a prompt: wait or not, download its outputs, give up after ``timeout`` seconds."""
+
+    wait: bool = True
+    download: Path | None = None
+    timeout: float | None = None
+    previews: Path | None = None
+    extra_data: Mapping[str, Any] | None = None
+
+    def wait_options(self) -> WaitOptions:
+        from lorawf.net.prompts import WaitOptions
+
+        return WaitOptions.from_env(timeout=self.timeout, previews_dir=self.previews)
+
+
+#: Runs after the wait ends, success or not, before the ``done`` event; returns download problems.
+AfterRun = Callable[["RunResult | None", "LorawfError | None", Reporter], Awaitable[list[str]]]
+
+
+class PromptTracker:
+    """Passes events on and remembers the prompt id they name (for the ``done`` event of a failure)."""
+
+    def __init__(self, reporter: Reporter, prompt_id: str | None = None) -> None:
+        self.reporter = reporter
+        self.prompt_id = prompt_id
+
+    def __call__(self, event: Event, /) -> None:
+        if event.prompt_id and self.prompt_id is None or event.kind == "queued":
+            self.prompt_id = event.prompt_id
+        self.reporter(event)
+
+
+def done_event(prompt_id: str | None, result: RunResult | None, error: LorawfError | None,
+               settings: ServerSettings) -> Done:
+    """The last event of a followed prompt: outcome, exit code, one scrubbed line, every output file."""
+    files = tuple(result.files) if result is not None else ()
+    if error is None:
+        assert result is not None
+        return Done(result.prompt_id, result.outcome, 0, result.message, files)
+    message = settings.secrets.scrub(str(error).splitlines()[0])
+    outcome = result.outcome if isinstance(error, RunFailed) and result else outcome_for(error)
+    return Done(prompt_id, outcome, exit_code_for(error), message, files)
+
+
+async def follow_to_done(client: ComfyClient, reporter: Reporter,
+                         wait: Callable[[Reporter], Awaitable[RunResult]], *, download: Path | None = None,
+                         after_run: AfterRun | None = None, prompt_id: str | None = None) -> RunResult:
+    """Run ``wait`` (submit-and-wait or watch), then ``after_run``, the downloads and the ``done`` event.
+
+    Raises a :class:`~lorawf.errors.LorawfError` for every non-success, after the ``done`` event.
+    """
+    tracker = PromptTracker(reporter, prompt_id)
+    result: RunResult | None = None
+    error: LorawfError | None = None
+    try:
+        result = await wait(tracker)
+    except LorawfError as err:
+        error = err
+    problems: list[str] = []
+    if after_run is not None:
+        try:
+            problems = await after_run(result, error, tracker)
+        except LorawfError as err:
+            error = error or err
+    if error is None and result is not None:
+        try:
+            await _conclude(client, result, download, tracker, problems)
+        except LorawfError as err:
+            error = err
+    if error is not None and isinstance(error, ServerRejected):
+        message = client.settings.secrets.scrub(str(error).splitlines()[0])
+        tracker(ErrorEvent(tracker.prompt_id, "rejected", message,
+                           node_errors=tuple(getattr(error, "node_errors", ()) or ())))
+    tracker(done_event(tracker.prompt_id, result, error, client.settings))
+    if error is not None:
+        raise error
+    assert result is not None
+    return result
+
+
+async def _conclude(client: ComfyClient, result: RunResult, download: Path | None, reporter: Reporter,
+                    problems: list[str]) -> None:
+    """Download outputs if asked, then turn a failed/interrupted run into :class:`RunFailed`."""
+    from lorawf.net.download import download_outputs
+
+    problems = list(problems)
+    if download is not None and result.files:
+        problems += await download_outputs(client, result.files, download, reporter, result.prompt_id)
+    if result.outcome in ("failed", "interrupted"):
+        raise RunFailed(result.message)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ProtocolError(f"{len(problems)} output file(s) not downloaded: {problems[0]}{more}")
+
+
+# ------------------------------------------------------------------------------------------ preflight
+
+
+async def gate_workflow(client: ComfyClient, graph: Mapping[str, Any], source: str, reporter: Reporter,
+                        schemas: SchemaSet | None = None) -> None:
+    """Refuse (exit 4) a workflow the live server would reject; report what it would silently ignore."""
+    from lorawf.comfy.preflight import gate
+    from lorawf.net.schema_cache import load_server_schemas
+
+    for problem in gate(graph, schemas or await load_server_schemas(client), source):
+        reporter(Notice(None, problem.render(source), warning=True))
+
+
+async def load_for_submit(client: ComfyClient, path: Path, reporter: Reporter, *,
+                          preflight: bool = True) -> dict[str, Any]:
+    """Read an API- or UI-format workflow (UI converted with the server's schemas) and preflight it."""
+    from lorawf.comfy.schema import bundled_schemas
+    from lorawf.net.schema_cache import load_server_schemas
+    from lorawf.workflow.io import load_workflow
+
+    schemas = await load_server_schemas(client) if preflight else bundled_schemas()
+    graph, was_ui = load_workflow(path, schemas)
+    if was_ui:
+        reporter(Notice(None, f"{path}: UI-format workflow converted to API format"))
+    if preflight:
+        await gate_workflow(client, graph, str(path), reporter, schemas)
+    return graph
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+async def submit(settings: ServerSettings, workflow: Mapping[str, Any] | Path, reporter: Reporter,
+                 options: FollowOptions | None = None, *, preflight: bool = True) -> RunResult:
+    """Submit a workflow (a graph, or a file that is read and preflighted first) and follow it to its end.
+
+    Reports every event and a final ``done``; downloads outputs into ``options.download``; raises for
+    every non-success (RunFailed, PromptRejected, ServerUnreachable, ProtocolError, PromptLost,
+    Cancelled...). Returns the result on success, or at once with ``options.wait`` false.
+    """
+    from lorawf.net.http import ComfyClient
+
+    async with ComfyClient(settings) as client:
+        graph = await load_for_submit(client, workflow, reporter, preflight=preflight) \
+            if isinstance(workflow, Path) else workflow
+        return await submit_graph(client, graph, reporter, options or FollowOptions())
+
+
+async def submit_graph(client: ComfyClient, graph: Mapping[str, Any], reporter: Reporter,
+                       options: FollowOptions, after_run: AfterRun | None = None) -> RunResult:
+    """:func:`submit` of a graph on an open client (``lorawf run`` submits with its own ``after_run``)."""
+    from lorawf.net.prompts import submit_and_wait
+
+    wait_options = options.wait_options()
+    return await follow_to_done(
+        client, reporter,
+        lambda sink: submit_and_wait(client, graph, sink, wait=options.wait, options=wait_options,
+                                     extra_data=options.extra_data),
+        download=options.download, after_run=after_run)
+
+
+async def watch(settings: ServerSettings, prompt_id: str, reporter: Reporter,
+                options: FollowOptions | None = None) -> RunResult:
+    """Follow an existing prompt to its end, or report it from history (cancelling only stops watching)."""
+    from lorawf.net.http import ComfyClient
+
+    async with ComfyClient(settings) as client:
+        return await watch_on(client, prompt_id, reporter, options or FollowOptions())
+
+
+async def watch_on(client: ComfyClient, prompt_id: str, reporter: Reporter, options: FollowOptions,
+                   after_run: AfterRun | None = None) -> RunResult:
+    """:func:`watch` on an open client (``lorawf resume`` watches with its own ``after_run``)."""
+    from lorawf.net.prompts import watch_prompt
+
+    wait_options = options.wait_options()
+    return await follow_to_done(client, reporter,
+                                lambda sink: watch_prompt(client, prompt_id, sink, options=wait_options),
+                                download=options.download, after_run=after_run, prompt_id=prompt_id)
+
+
+async def cancel(settings: ServerSettings, prompt_id: str) -> CancelDone:
+    """Cancel one prompt: delete it if pending, interrupt it by id if running (never a global interrupt)."""
+    from lorawf.net.http import ComfyClient
+    from lorawf.net.prompts import cancel_prompt
+
+    async with ComfyClient(settings) as client:
+        action, message = await cancel_prompt(client, prompt_id)
+    return CancelDone(prompt_id, action, message)
+
+
+async def queue(settings: ServerSettings) -> dict[str, Any]:
+    """The server's ``/queue`` answer."""
+    from lorawf.net.http import fetch_queue
+
+    return await fetch_queue(settings)
+
+
+async def object_info(settings: ServerSettings) -> dict[str, Any]:
+    """The server's ``/object_info`` answer, uncached (for ``lorawf object-info``)."""
+    from lorawf.net.http import fetch_object_info
+
+    return await fetch_object_info(settings)
