@@ -23,8 +23,8 @@ from lorawf.errors import (
 from lorawf.net import download, prompts
 from lorawf.net.http import ComfyClient, fetch_object_info, fetch_system_stats
 from lorawf.net.prompts import RunResult, WaitOptions
-from lorawf.runs import engine
 from lorawf.net.settings import ServerSettings
+from lorawf.runs import engine
 
 
 # The net layer works on an open client; these open one per call, like a one-shot command.
