@@ -35,7 +35,7 @@ def local_clock() -> str:
 
 
 def local_datetime(when: datetime) -> str:
-    """``2026-11-25 18:15:02``: a time in tables (``lorawf runs``)."""
+    """``2026-11-25 18:15:02`` in ``when``'s own zone: a time in tables (``lorawf runs`` shows UTC)."""
     return when.strftime("%Y-%m-%d %H:%M:%S")
 
 

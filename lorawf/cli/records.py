@@ -31,6 +31,7 @@ def runs_command(directory: Path, as_json: bool) -> None:
     An unreadable run.json is reported as a one-line warning and skipped.
     """
     from lorawf.runs.record import list_runs
+    from lorawf.timefmt import local_datetime
 
     summaries = list_runs(directory)
     good = [s for s in summaries if s.error is None]
@@ -52,7 +53,7 @@ def runs_command(directory: Path, as_json: bool) -> None:
         planned = f"/{s.checkpoints_planned}" if s.checkpoints_planned is not None else ""
         rows.append((
             s.name,
-            s.started.strftime("%Y-%m-%d %H:%M:%S") if s.started else "-",
+            local_datetime(s.started) if s.started else "-",
             s.outcome or "-",
             str(s.steps) if s.steps is not None else "-",
             f"{s.checkpoints}{planned}" + (" +final" if s.final_lora else ""),
