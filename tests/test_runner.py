@@ -308,8 +308,10 @@ def test_checkpoint_paths_map_to_downloads_or_to_a_warning() -> None:
     from lorawf.runs.pipeline import OutputCollector
 
     collector = OutputCollector(ServerFolders("/srv/in", "/srv/out"))
-    collector(Output("p", node="9", key="text", role="checkpoint", text="/srv/out/lorawf/r/x-step00250.safetensors"))
-    collector(Output("p", node="9", key="text", role="checkpoint", text="/elsewhere/x.safetensors"))
+    inside = collector(Output("p", node="9", key="text", role="checkpoint",
+                              text="/srv/out/lorawf/r/x-step00250.safetensors"))
+    outside = collector(Output("p", node="9", key="text", role="checkpoint", text="/elsewhere/x.safetensors"))
     assert [(ref.subfolder, ref.filename, role) for ref, role in collector.refs.values()] == [
         ("lorawf/r", "x-step00250.safetensors", "checkpoint")]
-    assert [w.code for w in collector.warnings] == ["checkpoint_outside_output"]  # type: ignore[attr-defined]
+    assert inside == []
+    assert [w.code for w in outside] == ["checkpoint_outside_output"]  # type: ignore[attr-defined]

@@ -11,7 +11,6 @@ fetched through ``/view`` because the patched workflow writes them inside ComfyU
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -72,32 +71,33 @@ class OutputCollector:
         self.folders = folders
         self.refs: dict[tuple[str, str, str], tuple[OutputFile, str]] = {}
         self.started_at: datetime | None = None
-        self.warnings: list[Event] = []
-        self.new_checkpoints: asyncio.Queue[tuple[OutputFile, str]] = asyncio.Queue()
+        #: checkpoints for :class:`EagerDownloader`; ``None`` tells it to stop
+        self.new_checkpoints: asyncio.Queue[tuple[OutputFile, str] | None] = asyncio.Queue()
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: Event) -> list[Event]:
+        """Take note of ``event``; returns the warnings it gives rise to."""
         from lorawf.comfy.folders import relative_to_output
         from lorawf.timefmt import utc_now
 
         if isinstance(event, Started) and self.started_at is None:
             self.started_at = utc_now()
         if not isinstance(event, Output):
-            return
+            return []
         if event.filename is not None:
             ref = OutputFile(event.node, event.key, event.filename, event.subfolder or "", event.type or "output")
             self._add(ref, event.role)
         elif event.role == "checkpoint" and event.text:
             path = event.text.strip()
             mapped = relative_to_output(path, self.folders)
-            if mapped is None:  # reported when the run ends, with the other download news
-                self.warnings.append(WarningEvent(event.prompt_id, "checkpoint_outside_output",
-                                     f"checkpoint {path} is outside the server's output folder; not downloadable"))
-                return
+            if mapped is None:
+                return [WarningEvent(event.prompt_id, "checkpoint_outside_output",
+                                     f"checkpoint {path} is outside the server's output folder; not downloadable")]
             subfolder, filename = mapped
             role = "checkpoint" if "-step" in filename else "final_lora"
             ref = OutputFile(event.node, event.key, filename, subfolder, "output")
             if self._add(ref, role):
                 self.new_checkpoints.put_nowait((ref, role))
+        return []
 
     def _add(self, ref: OutputFile, role: str) -> bool:
         key = (ref.type, ref.subfolder, ref.filename)
@@ -122,7 +122,10 @@ class EagerDownloader:
         from lorawf.net.download import download_file
 
         while True:
-            ref, role = await self.collector.new_checkpoints.get()
+            item = await self.collector.new_checkpoints.get()
+            if item is None:
+                return
+            ref, role = item
             try:
                 target = local_target(self.run_dir, ref, role)
                 self.events.append(await download_file(self.client, ref, self.run_dir, "", local=target))
@@ -134,11 +137,8 @@ class EagerDownloader:
 
     async def stop(self) -> None:
         """Finish the checkpoints already reported, then stop."""
-        while not self.collector.new_checkpoints.empty() and not self.task.done():
-            await asyncio.sleep(0.01)
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        self.collector.new_checkpoints.put_nowait(None)
+        await self.task
 
 
 async def download_all(client: ComfyClient, run_dir: Path, refs: Sequence[tuple[OutputFile, str]],
@@ -258,12 +258,14 @@ class RunFollower:
         """A reporter that keeps the record and the outputs current, then passes every event on."""
 
         def observe(event: Event, /) -> None:
-            self.observe(event)
+            news = self.observe(event)
             reporter(event)
+            for extra in news:
+                reporter(extra)
 
         return observe
 
-    def observe(self, event: Event) -> None:
+    def observe(self, event: Event) -> list[Event]:
         from lorawf.runs.record import write_record
         from lorawf.timefmt import utc_now
 
@@ -271,7 +273,7 @@ class RunFollower:
             self.record = replace(self.record, prompt_id=event.prompt_id,
                                   timings=replace(self.record.timings, submitted=utc_now()))
             write_record(self.run_dir, self.record, self.secrets)  # a crash from here on still names the prompt
-        self.collector(event)
+        return self.collector(event)
 
     async def after_run(self, result: RunResult | None, error: LorawfError | None,
                         reporter: Reporter) -> list[str]:
@@ -280,8 +282,6 @@ class RunFollower:
         from lorawf.runs.sheet import make_run_sheet
         from lorawf.timefmt import utc_now
 
-        for event in self.collector.warnings:
-            reporter(event)
         if self.eager is not None:
             await self.eager.stop()
             for event in self.eager.events:
