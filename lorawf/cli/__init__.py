@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from lorawf import __version__
+from lorawf.cli.output import say
 from lorawf.errors import EXIT_CANCELLED, LorawfError, exit_code_for
 
 
@@ -23,7 +24,7 @@ class LorawfGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LorawfError as err:
-            click.echo(f"error: {err}", err=True)
+            say(f"error: {err}", err=True)
             sys.exit(exit_code_for(err))
         except KeyboardInterrupt:
             click.echo("cancelled", err=True)
@@ -32,13 +33,13 @@ class LorawfGroup(click.Group):
             raise  # click's own usage errors (exit 2), --help and --version
         except OSError as err:  # a file given by the user: one line, never a traceback
             where = f"{err.filename}: " if err.filename else ""
-            click.echo(f"error: {where}{err.strerror or err}", err=True)
+            say(f"error: {where}{err.strerror or err}", err=True)
             sys.exit(exit_code_for(err))
         except Exception as err:  # a bug: say so in one line; LORAWF_DEBUG=1 shows the traceback
             if os.environ.get("LORAWF_DEBUG"):
                 raise
-            click.echo(f"error: internal error ({type(err).__name__}: {err}); "
-                       "rerun with LORAWF_DEBUG=1 for the traceback and please report it", err=True)
+            say(f"error: internal error ({type(err).__name__}: {err}); "
+                "rerun with LORAWF_DEBUG=1 for the traceback and please report it", err=True)
             sys.exit(exit_code_for(err))
 
 

@@ -7,7 +7,6 @@ defence. :class:`Console` is the reporter the commands hand to the engine.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from lorawf.comfy.events import (
     Upload,
     WarningEvent,
 )
+from lorawf.printable import json_line, printable
 from lorawf.secrets import NO_SECRETS, Secrets
 from lorawf.timefmt import format_duration, local_clock
 
@@ -133,7 +133,7 @@ class JsonDisplay:
         if isinstance(event, ErrorEvent) and not self.verbose:
             obj["traceback"] = None
         obj["time"] = self.clock().isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        self.stream.write(json.dumps(self.secrets.scrub_obj(obj), ensure_ascii=False) + "\n")
+        self.stream.write(json_line(self.secrets.scrub_obj(obj)) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -154,7 +154,7 @@ class LogDisplay:
 
     def _write(self, line: str) -> None:
         stamp = local_clock()
-        for part in self.secrets.scrub(line).splitlines() or [""]:
+        for part in printable(self.secrets.scrub(line), multiline=True).split("\n"):
             self.stream.write(f"[{stamp}] {part}\n")
         self.stream.flush()
 
@@ -206,7 +206,7 @@ class LiveDisplay:
 
     def _notice(self, line: str) -> None:
         self._clear()
-        self.stream.write(self.secrets.scrub(line) + "\n")
+        self.stream.write(printable(self.secrets.scrub(line), multiline=True) + "\n")
         self._draw(force=True)
 
     def _draw(self, force: bool = False) -> None:
@@ -232,7 +232,7 @@ class LiveDisplay:
             self.stream.write(f"\x1b[{self.block_lines}F\x1b[J")
         width = 200
         for line in lines:
-            self.stream.write(self.secrets.scrub(line)[:width] + "\n")
+            self.stream.write(printable(self.secrets.scrub(line))[:width] + "\n")
         self.block_lines = len(lines)
         self.stream.flush()
 
@@ -262,7 +262,7 @@ class LiveDisplay:
         elif isinstance(event, Done):
             self._clear()
             if event.outcome in ("success", "submitted"):
-                self.stream.write(self.secrets.scrub(f"✔ {event.message}") + "\n")
+                self.stream.write(printable(self.secrets.scrub(f"✔ {event.message}")) + "\n")
             self.stream.flush()
         else:
             line = describe(event, self.verbose)
@@ -302,7 +302,7 @@ class Console:
     def line(self, text: str) -> None:
         """One line on stderr, scrubbed."""
         stream = self.err or sys.stderr
-        stream.write(self.secrets.scrub(text) + "\n")
+        stream.write(printable(self.secrets.scrub(text), multiline=True) + "\n")
         stream.flush()
 
     def __call__(self, event: Event, /) -> None:

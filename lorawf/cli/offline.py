@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from lorawf.cli.options import overrides_from, plan_options
+from lorawf.cli.output import say
 from lorawf.errors import DriftFound, UsageError
 
 if TYPE_CHECKING:  # the planner is imported when a command runs, not for `lorawf --help`
@@ -46,22 +47,22 @@ def plan_command(dataset: Path | None, images: int | None, as_json: bool, **kwar
         click.echo(json.dumps(plan.to_dict(), indent=2))
         return
     if summary:
-        click.echo(summary)
-    click.echo(format_plan(plan))
+        say(summary)
+    say(format_plan(plan))
 
 
 COMMANDS.append(plan_command)
 
 
 def _echo_plan_summary(plan: TrainingPlan) -> None:
-    click.echo(
+    say(
         f"plan: {plan.images} images -> {plan.max_train_steps} steps ({plan.steps_per_image:.1f}/image), "
         f"checkpoints at {', '.join(map(str, plan.checkpoint_steps))}",
         err=True,
     )
     for advice in plan.advice:
         if advice.severity != "info":
-            click.echo(f"{'WARNING' if advice.severity == 'strong' else 'warning'}: {advice.message}", err=True)
+            say(f"{'WARNING' if advice.severity == 'strong' else 'warning'}: {advice.message}", err=True)
 
 
 @click.command("patch")
@@ -92,7 +93,7 @@ def patch_command(
     options = PatchOptions(token, server_dataset_path, checkpoint_dir, output_name, sets)
     built = build_workflow(count, options, overrides_from(kwargs), template)
     if summary:
-        click.echo(summary, err=True)
+        say(summary, err=True)
     _echo_plan_summary(built.plan)
     if emit_patch is not None:
         atomic_write_text(emit_patch, json.dumps(built.patch.operations, indent=2, ensure_ascii=False) + "\n")
@@ -100,7 +101,7 @@ def patch_command(
         click.echo(built.text, nl=False)
     else:
         atomic_write_text(Path(output), built.text)
-        click.echo(f"wrote {output}", err=True)
+        say(f"wrote {output}", err=True)
 
 
 COMMANDS.append(patch_command)
@@ -141,20 +142,20 @@ def regen_command(presets: Path, check: bool) -> None:
             old = None
         if old == new:
             if not check:
-                click.echo(f"unchanged {preset.output}")
+                say(f"unchanged {preset.output}")
             continue
         if check:
             drifted.append(str(preset.output))
-            click.echo(f"out of date: {preset.output} (preset {preset.name})" if old is not None
+            say(f"out of date: {preset.output} (preset {preset.name})" if old is not None
                        else f"missing: {preset.output} (preset {preset.name})")
             if old is not None:
-                click.echo(short_diff(old, new, preset.output))
+                say(short_diff(old, new, preset.output))
             continue
         preset.output.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(preset.output, new)
-        click.echo(f"wrote {preset.output}")
+        say(f"wrote {preset.output}")
     if check and not drifted:
-        click.echo(f"all workflow files from {presets} are up to date")
+        say(f"all workflow files from {presets} are up to date")
     if drifted:
         raise DriftFound(f"{len(drifted)} workflow file(s) out of date; run `lorawf regen --presets {presets}`")
 

@@ -16,6 +16,7 @@ import click
 
 from lorawf.cli.loop import run_async
 from lorawf.cli.options import ServerOptions, server_options, server_options_with
+from lorawf.cli.output import say
 from lorawf.errors import UsageError, ValidationFailed
 
 if TYPE_CHECKING:  # the schema module loads JSON resources: imported when a command runs
@@ -85,17 +86,17 @@ def validate_cmd(workflow: Path, server: ServerOptions, object_info: Path | None
     api, was_ui = load_workflow(workflow, schemas, model_overrides=_parse_overrides(set_model),
                                 fix_stale=fix_stale, drop_unknown=drop_unknown)
     if was_ui:
-        click.echo(f"{workflow}: UI-format workflow, converted to API format before checking", err=True)
+        say(f"{workflow}: UI-format workflow, converted to API format before checking", err=True)
     problems = preflight(api, schemas)
     if as_json:
         click.echo(render_json(problems), nl=False)
     else:
         for line in render_lines(problems, str(workflow)):
-            click.echo(line)
+            say(line)
     if problems:
         raise ValidationFailed(f"{workflow}: {len(problems)} problem(s) found against {schemas.source}")
     if not as_json:
-        click.echo(f"{workflow}: ok ({len(api)} nodes checked against {schemas.source})")
+        say(f"{workflow}: ok ({len(api)} nodes checked against {schemas.source})")
 
 
 @click.command("convert")
@@ -120,13 +121,13 @@ def convert_cmd(ui_file: Path, server: ServerOptions, object_info: Path | None, 
     conversion = convert_ui(data, schemas, model_overrides=_parse_overrides(set_model), fix_stale=fix_stale,
                             drop_unknown=drop_unknown)
     for note in conversion.notes:
-        click.echo(f"{ui_file}: {note}", err=True)
+        say(f"{ui_file}: {note}", err=True)
     text = dumps_workflow(conversion.workflow)
     if output == "-":
         sys.stdout.write(text)
     else:
         atomic_write_text(Path(output), text)
-        click.echo(f"wrote {output} ({len(conversion.workflow)} nodes)", err=True)
+        say(f"wrote {output} ({len(conversion.workflow)} nodes)", err=True)
 
 
 @click.command("object-info")
@@ -146,7 +147,7 @@ def object_info_cmd(server: ServerOptions, output: str) -> None:
         sys.stdout.write(text)
     else:
         atomic_write_text(Path(output), text)
-        click.echo(f"wrote {output}: {len(schemas)} node types from {settings.redacted_url}", err=True)
+        say(f"wrote {output}: {len(schemas)} node types from {settings.redacted_url}", err=True)
 
 
 COMMANDS.extend([validate_cmd, convert_cmd, object_info_cmd])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from lorawf.cli.output import say
 from lorawf.errors import InputError
+from lorawf.printable import json_line
 
 COMMANDS: list[click.Command] = []
 
@@ -37,16 +38,16 @@ def runs_command(directory: Path, as_json: bool) -> None:
     good = [s for s in summaries if s.error is None]
     for bad in summaries:
         if bad.error is not None:
-            click.echo(f"warning: {bad.error}", err=True)
+            say(f"warning: {bad.error}", err=True)
     if as_json:
         payload = {
             "runs": [s.to_dict() for s in good],
             "unreadable": [{"path": str(s.path), "error": s.error} for s in summaries if s.error is not None],
         }
-        click.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+        click.echo(json_line(payload, indent=2))
         return
     if not good:
-        click.echo(f"no runs found in {directory} (looked for run.json and */run.json)", err=True)
+        say(f"no runs found in {directory} (looked for run.json and */run.json)", err=True)
         return
     rows = [("NAME", "STARTED (UTC)", "OUTCOME", "STEPS", "CHECKPOINTS", "SIZE")]
     for s in good:
@@ -61,7 +62,7 @@ def runs_command(directory: Path, as_json: bool) -> None:
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+        say("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
 
 
 COMMANDS.append(runs_command)
@@ -86,8 +87,8 @@ def sheet_command(run_dir: Path, output: Path | None) -> None:
             hint="were they downloaded? check the run's outcome with `lorawf runs`",
         )
     count = len(collect_validation_images(run_dir))
-    click.echo(f"contact sheet of {count} validation image(s)", err=True)
-    click.echo(str(out))
+    say(f"contact sheet of {count} validation image(s)", err=True)
+    say(str(out))
 
 
 COMMANDS.append(sheet_command)

@@ -7,7 +7,6 @@ displays are imported inside the commands, so ``lorawf --help`` stays fast.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,8 @@ import click
 
 from lorawf.cli.loop import run_async
 from lorawf.cli.options import ServerOptions, follow_from, follow_options, plan_options, server_options
+from lorawf.cli.output import say
+from lorawf.printable import json_line, printable
 
 COMMANDS: list[click.Command] = []
 
@@ -49,7 +50,7 @@ def submit_cmd(workflow: Path, server: ServerOptions, no_wait: bool, no_prefligh
     finally:
         console.close()
     if no_wait and not json_mode:
-        click.echo(result.prompt_id)
+        say(result.prompt_id)
 
 
 @click.command("watch")
@@ -92,14 +93,14 @@ def queue_cmd(server: ServerOptions, json_mode: bool) -> None:
     running = [row(it) for it in running_items(queue)]
     pending = [{"position": pos, **row(it)} for pos, it in enumerate(sorted_pending(queue), start=1)]
     if json_mode:
-        click.echo(json.dumps({"schema": "lorawf.queue/1", "server": settings.redacted_url,
-                               "running": running, "pending": pending}))
+        click.echo(json_line({"schema": "lorawf.queue/1", "server": settings.redacted_url,
+                  "running": running, "pending": pending}))
         return
-    click.echo(f"server {settings.redacted_url}: {len(running)} running, {len(pending)} pending")
+    say(f"server {settings.redacted_url}: {len(running)} running, {len(pending)} pending")
     for item in running:
-        click.echo(f"  running  {item['prompt_id']}  number {item['number']}")
+        say(f"  running  {printable(item['prompt_id'])}  number {item['number']}")
     for item in pending:
-        click.echo(f"  {item['position']:>7}  {item['prompt_id']}  number {item['number']}")
+        say(f"  {item['position']:>7}  {printable(item['prompt_id'])}  number {item['number']}")
 
 
 @click.command("cancel")
@@ -113,9 +114,9 @@ def cancel_cmd(prompt_id: str, server: ServerOptions, json_mode: bool) -> None:
     settings = server.settings()
     done = run_async(lambda: engine.cancel(settings, prompt_id.strip()))
     if json_mode:
-        click.echo(json.dumps({**done.to_dict(), "prompt_id": prompt_id}))
+        click.echo(json_line({**done.to_dict(), "prompt_id": prompt_id}))
     else:
-        click.echo(done.message)
+        say(done.message)
 
 
 @click.command("run")
