@@ -47,6 +47,7 @@ def json_line(obj: Any, *, indent: int | None = None) -> str:
     """One JSON text for ``obj``: UTF-8 kept for readability, but C1 controls and direction controls written
     as ``\\uXXXX`` (json escapes C0 itself), so a terminal showing the NDJSON stream obeys nothing in it."""
     text = json.dumps(obj, ensure_ascii=False, indent=indent)
-    if not any(is_unsafe(c) for c in text):
+    # json escapes C0 inside strings itself; a C0 character left is the indentation's own whitespace
+    if not any(is_unsafe(c) and ord(c) >= 0x20 for c in text):
         return text
-    return "".join(f"\\u{ord(c):04x}" if is_unsafe(c) else c for c in text)
+    return "".join(f"\\u{ord(c):04x}" if is_unsafe(c) and ord(c) >= 0x20 else c for c in text)

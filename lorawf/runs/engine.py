@@ -12,13 +12,16 @@ raised as a :class:`~lorawf.errors.LorawfError` (the CLI maps it to the exit cod
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from lorawf.comfy.events import CancelDone, Done, ErrorEvent, Event, Notice
 from lorawf.errors import (
+    Cancelled,
     LorawfError,
     ProtocolError,
     RunFailed,
@@ -61,16 +64,47 @@ AfterRun = Callable[["RunResult | None", "LorawfError | None", Reporter], Awaita
 
 
 class PromptTracker:
-    """Passes events on and remembers the prompt id they name (for the ``done`` event of a failure)."""
+    """Passes events on; remembers the prompt id they name and whether the ``done`` event went out."""
 
     def __init__(self, reporter: Reporter, prompt_id: str | None = None) -> None:
         self.reporter = reporter
         self.prompt_id = prompt_id
+        self.done_sent = False
 
     def __call__(self, event: Event, /) -> None:
         if event.prompt_id and self.prompt_id is None or event.kind == "queued":
             self.prompt_id = event.prompt_id
+        if isinstance(event, Done):
+            self.done_sent = True
         self.reporter(event)
+
+
+def report_failure(reporter: Reporter, error: LorawfError, settings: ServerSettings,
+                   prompt_id: str | None = None, result: RunResult | None = None) -> None:
+    """The end of a failed command's event stream: the rejection (if it was one), then ``done``."""
+    if isinstance(error, ServerRejected):
+        message = settings.secrets.scrub(str(error).splitlines()[0])
+        reporter(ErrorEvent(prompt_id, "rejected", message, node_errors=tuple(getattr(error, "node_errors", ()))))
+    reporter(done_event(prompt_id, result, error, settings))
+
+
+@contextlib.asynccontextmanager
+async def ending_with_done(reporter: Reporter, settings: ServerSettings) -> AsyncIterator[PromptTracker]:
+    """Every command's event stream ends with ``done``: a failure before the prompt existed (preflight,
+    an unreachable server, a refused upload, Ctrl-C) is reported too, then raised. A cancellation that no
+    step turned into an error becomes :class:`~lorawf.errors.Cancelled`."""
+    tracker = PromptTracker(reporter)
+    try:
+        yield tracker
+    except LorawfError as err:
+        if not tracker.done_sent:
+            report_failure(tracker, err, settings, tracker.prompt_id)
+        raise
+    except asyncio.CancelledError:
+        cancelled = Cancelled("cancelled")
+        if not tracker.done_sent:
+            report_failure(tracker, cancelled, settings, tracker.prompt_id)
+        raise cancelled from None
 
 
 def done_event(prompt_id: str | None, result: RunResult | None, error: LorawfError | None,
@@ -110,13 +144,10 @@ async def follow_to_done(client: ComfyClient, reporter: Reporter,
             await _conclude(client, result, download, tracker, problems)
         except LorawfError as err:
             error = err
-    if error is not None and isinstance(error, ServerRejected):
-        message = client.settings.secrets.scrub(str(error).splitlines()[0])
-        tracker(ErrorEvent(tracker.prompt_id, "rejected", message,
-                           node_errors=tuple(getattr(error, "node_errors", ()) or ())))
-    tracker(done_event(tracker.prompt_id, result, error, client.settings))
     if error is not None:
+        report_failure(tracker, error, client.settings, tracker.prompt_id, result)
         raise error
+    tracker(done_event(tracker.prompt_id, result, None, client.settings))
     assert result is not None
     return result
 
@@ -178,10 +209,10 @@ async def submit(settings: ServerSettings, workflow: Mapping[str, Any] | Path, r
     """
     from lorawf.net.http import ComfyClient
 
-    async with ComfyClient(settings) as client:
-        graph = await load_for_submit(client, workflow, reporter, preflight=preflight) \
+    async with ending_with_done(reporter, settings) as tracker, ComfyClient(settings) as client:
+        graph = await load_for_submit(client, workflow, tracker, preflight=preflight) \
             if isinstance(workflow, Path) else workflow
-        return await submit_graph(client, graph, reporter, options or FollowOptions())
+        return await submit_graph(client, graph, tracker, options or FollowOptions())
 
 
 async def submit_graph(client: ComfyClient, graph: Mapping[str, Any], reporter: Reporter,
@@ -202,8 +233,9 @@ async def watch(settings: ServerSettings, prompt_id: str, reporter: Reporter,
     """Follow an existing prompt to its end, or report it from history (cancelling only stops watching)."""
     from lorawf.net.http import ComfyClient
 
-    async with ComfyClient(settings) as client:
-        return await watch_on(client, prompt_id, reporter, options or FollowOptions())
+    async with ending_with_done(reporter, settings) as tracker, ComfyClient(settings) as client:
+        tracker.prompt_id = prompt_id
+        return await watch_on(client, prompt_id, tracker, options or FollowOptions())
 
 
 async def watch_on(client: ComfyClient, prompt_id: str, reporter: Reporter, options: FollowOptions,

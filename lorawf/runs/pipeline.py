@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from lorawf.comfy.folders import ServerFolders
     from lorawf.net.http import ComfyClient
     from lorawf.net.prompts import RunResult
+    from lorawf.net.upload_plan import UploadFile
     from lorawf.runs.record import RunRecord
 
 
@@ -155,8 +156,19 @@ async def download_all(client: ComfyClient, run_dir: Path, refs: Sequence[tuple[
 
 async def run(settings: ServerSettings, request: RunRequest, reporter: Reporter,
               options: FollowOptions | None = None) -> Path:
-    """Run the whole pipeline; returns the local run folder. Raises a LorawfError on any failure,
-    after downloading what exists and writing ``run.json`` with the outcome."""
+    """Run the whole pipeline; returns the local run folder.
+
+    Every option is checked before anything is created, uploaded or queued; from the moment the run folder
+    exists it holds a ``run.json`` that tells the truth about the outcome. Raises a LorawfError on any
+    failure (after the ``done`` event, the downloads of what exists, and the record).
+    """
+    from lorawf.runs.engine import ending_with_done
+
+    async with ending_with_done(reporter, settings) as tracker:
+        return await _run(settings, request, tracker, options or FollowOptions())
+
+
+async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter, options: FollowOptions) -> Path:
     from lorawf.comfy.folders import learn_folders
     from lorawf.fsutil import atomic_write_text
     from lorawf.net.http import ComfyClient
@@ -167,24 +179,30 @@ async def run(settings: ServerSettings, request: RunRequest, reporter: Reporter,
     from lorawf.safepaths import file_stem
     from lorawf.timefmt import utc_now
     from lorawf.training.dataset import scan_dataset
-    from lorawf.training.naming import unique_run_name
+    from lorawf.training.naming import check_run_name, unique_run_name
     from lorawf.workflow.build import build_workflow
 
     created = utc_now()
-    # 1. the dataset, locally (or only its size)
+    # 1. everything that can be checked offline: the dataset (or its size), the options, the name
     scan = None
     if request.images is not None:
         images = request.images
     elif request.dataset is not None:
         scan = scan_dataset(request.dataset)
         images = scan.image_count
-        reporter(Notice(None, scan.summary()))
     else:
         raise UsageError("give a DATASET folder or --images N")
     if request.upload and scan is None:
         raise UsageError("--upload needs a local DATASET folder (without --images)")
     if not request.upload and not request.server_dataset_path:
         raise UsageError("say where the images are on the GPU host: --upload, or --server-dataset-path PATH")
+    if request.name is not None:
+        check_run_name(request.name)
+    placeholder = request.name or unique_run_name(request.token, images, created, lambda n: False)
+    build_workflow(images, _patch_options(request, "/dataset", "/output", placeholder), request.overrides,
+                   request.template)  # token, overrides, --set and template problems surface here
+    if scan is not None:
+        reporter(Notice(None, scan.summary()))
 
     async with ComfyClient(settings) as client:
         # 2. what the server tells about itself
@@ -192,53 +210,78 @@ async def run(settings: ServerSettings, request: RunRequest, reporter: Reporter,
         folders = learn_folders(folder_paths, stats, request.server_input_dir, request.server_output_dir)
         version = str((stats.get("system") or {}).get("comfyui_version") or "unknown")
 
+        # 3. the exact workflow, before anything is created: the dataset's server folder is known up front
         name = request.name or unique_run_name(request.token, images, created,
                                                lambda n: (request.download_root / n).exists())
-        run_dir = request.download_root / name
-        run_dir.mkdir(parents=True, exist_ok=False)
-
-        # 3. the dataset, on the server
         dataset_path = request.server_dataset_path
+        files: list[UploadFile] = []
+        subfolder = ""
         if request.upload:
             assert scan is not None
-            from lorawf.net.upload import upload_dataset
             from lorawf.net.upload_plan import dataset_digest, dataset_files
 
             files = dataset_files(scan)
             subfolder = f"lorawf/datasets/{file_stem(request.token)}-{images}img-{dataset_digest(files)}"
-            report = await upload_dataset(client, files, subfolder, reporter)
-            reporter(Notice(None, f"dataset on the server: input/{subfolder} ({len(report.sent)} sent, "
-                                  f"{len(report.skipped)} already there)"))
             dataset_path = f"{folders.input_dir}/{subfolder}"
-
-        # 4. plan and patch: checkpoints and validation images inside ComfyUI's output folder, per run
-        patch_options = PatchOptions(
-            request.token, dataset_path, f"{folders.output_dir}/lorawf/{name}", name, request.sets,
-            image_prefix=f"lorawf/{name}/validation",
-        )
-        built = build_workflow(images, patch_options, request.overrides, request.template)
+        assert dataset_path is not None
+        built = build_workflow(images, _patch_options(request, dataset_path, folders.output_dir, name),
+                               request.overrides, request.template)
         reporter(Notice(None, f"plan: {built.plan.max_train_steps} steps, checkpoints at "
                               f"{', '.join(map(str, built.plan.checkpoint_steps))}"))
         for advice in built.plan.advice:
             if advice.severity != "info":
                 reporter(Notice(None, advice.message, warning=True))
-        atomic_write_text(run_dir / "workflow.json", built.text)
-        if request.preflight:
-            await gate_workflow(client, built.patch.workflow, f"{run_dir / 'workflow.json'}", reporter,
-                                await load_server_schemas(client, system_stats=stats))
 
+        # 4. the run folder, with run.json from the first moment
+        run_dir = request.download_root / name
+        run_dir.mkdir(parents=True, exist_ok=False)
         record = RunRecord(
             name=name, plan=built.plan.to_dict(), patch=built.patch.operations, template=str(built.template_path),
             server_url=settings.redacted_url, timings=Timings(created=created), server_version=version,
             prompts=tuple(prompts_from_workflow(built.patch.workflow)),
         )
         write_record(run_dir, record, settings.secret_values())
+        atomic_write_text(run_dir / "workflow.json", built.text)
+        try:
+            # 5. preflight before the upload: a workflow the server would refuse costs no transfer
+            if request.preflight:
+                await gate_workflow(client, built.patch.workflow, f"{run_dir / 'workflow.json'}", reporter,
+                                    await load_server_schemas(client, system_stats=stats))
+            # 6. the dataset, on the server
+            if request.upload:
+                from lorawf.net.upload import upload_dataset
 
-        # 5. submit, follow, download
+                report = await upload_dataset(client, files, subfolder, reporter)
+                reporter(Notice(None, f"dataset on the server: input/{subfolder} ({len(report.sent)} sent, "
+                                      f"{len(report.skipped)} already there)"))
+        except (LorawfError, asyncio.CancelledError) as exc:
+            _record_failure(run_dir, record, exc, settings)
+            raise
+
+        # 7. submit, follow, download
         follower = RunFollower(client, run_dir, record, folders, request.download_as_you_go)
         await submit_graph(client, built.patch.workflow, follower.observer(reporter),
-                           replace(options or FollowOptions(), download=None), after_run=follower.after_run)
+                           replace(options, download=None), after_run=follower.after_run)
     return run_dir
+
+
+def _patch_options(request: RunRequest, dataset_path: str, output_dir: str, name: str) -> PatchOptions:
+    """Checkpoints and validation images inside ComfyUI's output folder, one subfolder per run."""
+    return PatchOptions(request.token, dataset_path, f"{output_dir}/lorawf/{name}", name, request.sets,
+                        image_prefix=f"lorawf/{name}/validation")
+
+
+def _record_failure(run_dir: Path, record: RunRecord, error: BaseException, settings: ServerSettings) -> None:
+    """run.json after a failure before the prompt existed: cancelled or error, with the reason."""
+    from lorawf.runs.record import scan_files, write_record
+    from lorawf.timefmt import utc_now
+
+    cancelled = isinstance(error, asyncio.CancelledError)
+    reason = "cancelled before the prompt was queued" if cancelled else str(error).splitlines()[0]
+    write_record(run_dir, replace(record, outcome="cancelled" if cancelled else "error",
+                                  error=settings.secrets.scrub(reason),
+                                  timings=replace(record.timings, finished=utc_now()),
+                                  files=tuple(scan_files(run_dir))), settings.secret_values())
 
 
 class RunFollower:
@@ -295,6 +338,11 @@ class RunFollower:
         outcome = outcome_from_event(result.outcome if result is not None
                                      else "success" if error is None else outcome_for(error))
         reason = str(error) if error is not None else (result.message if outcome != "success" and result else "")
+        if problems and outcome == "success":  # trained, but not all of it is here: not a success yet
+            outcome = "error"
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            reason = (f"{len(problems)} output file(s) not downloaded: {problems[0]}{more}; "
+                      "`lorawf resume` fetches them")
         rec = replace(rec, prompt_id=prompt_id or rec.prompt_id, outcome=outcome,
                       error=reason.splitlines()[0] if reason else None,
                       timings=replace(rec.timings, submitted=rec.timings.submitted or rec.timings.created,

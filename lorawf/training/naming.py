@@ -8,14 +8,34 @@ never overwrite each other's checkpoints: FluxTrainer reuses a file name wheneve
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Container
 from datetime import datetime, timezone
 
 from lorawf.errors import InputError
+from lorawf.printable import printable
 from lorawf.safepaths import file_stem
 
 #: Longest token part kept, so ``<name>_rank<dim>_<dtype>-step<NNNNN>.safetensors`` stays far below 255 bytes.
 MAX_STEM = 64
+
+#: Longest ``--name``: FluxTrainer writes ``<name>_rank<dim>_<dtype>-step<NNNNNN>-state`` and
+#: ``...-step<NNNNNN>.safetensors``; with a 4-digit rank and ``fp8_e4m3fn`` that adds 43 bytes, and a file
+#: name must fit 255 bytes. 200 leaves room.
+MAX_RUN_NAME = 200
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_run_name(name: str) -> str:
+    """Return ``name`` if it can name a run folder and the LoRA files; raise :class:`InputError` otherwise."""
+    if len(name) > MAX_RUN_NAME:
+        raise InputError(f"--name: {len(name)} characters; at most {MAX_RUN_NAME}, so that the checkpoint "
+                         "file names FluxTrainer derives from it fit the file system's 255 bytes")
+    if not _NAME_RE.fullmatch(name):
+        raise InputError(f"--name {printable(name)!r}: expected a plain name of letters, digits, '.', '_' and "
+                         "'-' that starts with a letter or digit (it names the run folder and the LoRA files)")
+    return name
+
 
 def run_name(token: str, images: int, when: datetime) -> str:
     """Return ``<token stem>-<images>img-<YYYYmmdd>-<HHMMSS>`` with ``when`` in UTC.
