@@ -62,7 +62,8 @@ def flood_in_thread(server: RunningServer, body: dict[str, Any]) -> tuple[thread
 def watch_in_process(server: RunningServer, workflow: dict[str, Any], count: int, mix: str) -> dict[str, float]:
     """One full-speed stream of ``count`` progress messages into :func:`watch_prompt`; returns timings."""
     from lorawf.comfy.events import Event, Progress
-    from lorawf.net.prompts import WaitOptions, watch_prompt
+    from lorawf.net.http import ComfyClient
+    from lorawf.net.prompts import RunResult, WaitOptions, watch_prompt
     from lorawf.net.settings import ServerSettings
 
     prompt_id, client_id = submit_pending(server, workflow)
@@ -81,7 +82,12 @@ def watch_in_process(server: RunningServer, workflow: dict[str, Any], count: int
             "loops": loop_nodes(workflow)}
     thread, answer = flood_in_thread(server, body)
     settings = ServerSettings(server.url)
-    result = asyncio.run(watch_prompt(settings, prompt_id, sink, options=WaitOptions(poll_interval=30.0)))
+
+    async def watch() -> RunResult:
+        async with ComfyClient(settings) as client:
+            return await watch_prompt(client, prompt_id, sink, options=WaitOptions(poll_interval=30.0))
+
+    result = asyncio.run(watch())
     thread.join(60)
     if "error" in answer:
         raise RuntimeError(f"flood failed: {answer['error']}")

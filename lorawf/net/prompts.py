@@ -34,6 +34,17 @@ from lorawf.comfy.events import (
     WarningEvent,
     parse_binary_frame,
 )
+from lorawf.comfy.follow import (
+    POLL_INTERVAL,
+    CycleSocket,
+    Fail,
+    Finish,
+    FollowPolicy,
+    FollowTiming,
+    PollHistory,
+    PollQueue,
+    Sleep,
+)
 from lorawf.comfy.node_errors import render_node_errors
 from lorawf.errors import (
     Cancelled,
@@ -42,15 +53,10 @@ from lorawf.errors import (
     ProtocolError,
     ServerError,
     ServerUnreachable,
-    WaitTimeout,
 )
 from lorawf.fsutil import atomic_write_bytes
 from lorawf.net.http import ComfyClient, Sink
 from lorawf.net.socket import INBOX_SIZE, EventSocket
-
-#: Seconds of socket silence (for our prompt) after which ``/history`` and ``/queue`` are polled.
-POLL_INTERVAL = 3.0
-
 
 # ------------------------------------------------------------------------------------- the waiter
 
@@ -65,6 +71,10 @@ class WaitOptions:
     grace: float = 300.0
     previews_dir: Path | None = None
     loop_classes: frozenset[str] = DEFAULT_LOOP_CLASSES
+
+    @property
+    def timing(self) -> FollowTiming:
+        return FollowTiming(self.poll_interval, self.resubscribe_after, self.grace, self.timeout)
 
     @classmethod
     def from_env(cls, **kwargs: Any) -> WaitOptions:
@@ -90,16 +100,19 @@ class RunResult:
     number: float | None = None
 
 
-class _Waiter:
+class _Follower:
+    """Carries out a :class:`FollowPolicy`'s actions: requests, socket reads, previews. Decides nothing."""
+
     def __init__(self, client: ComfyClient, socket: EventSocket | None, state: RunState, sink: Sink,
                  options: WaitOptions, inbox: asyncio.Queue[tuple[str, Any]]) -> None:
         self.client = client
         self.socket = socket
-        self.state = state
         self.sink = sink
         self.options = options
         self.inbox = inbox
-        self.trouble_since: float | None = None
+        self.loop = asyncio.get_running_loop()
+        self.policy = FollowPolicy(state, options.timing, now=self.loop.time(), where=client.where,
+                                   socket_connected=socket is not None)
         self.previews = 0
         self.getter: asyncio.Future[tuple[str, Any]] | None = None
         self.drained = 0
@@ -110,9 +123,6 @@ class _Waiter:
                 continue  # previews are only reported when saved
             self.sink(event)
 
-    def warn(self, code: str, message: str) -> None:
-        self.sink(WarningEvent(self.state.prompt_id, code, message))
-
     async def run(self) -> None:
         try:
             await self._run()
@@ -120,54 +130,45 @@ class _Waiter:
             self.close()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        deadline = start + self.options.timeout if self.options.timeout else None
-        last_relevant = last_poll = start
-        await self.poll()
-        last_poll = loop.time()
-        while not self.state.confirmed:
-            now = loop.time()
-            if deadline is not None and now >= deadline:
-                where = {"queued": "still queued", "running": "still running"}.get(self.state.phase, "not finished")
-                raise WaitTimeout(f"gave up waiting after {self.options.timeout:g} s; prompt "
-                                  f"{self.state.prompt_id} is {where} on the server",
-                                  hint=f"`lorawf watch {self.state.prompt_id}` to follow it again")
-            if self.socket and self.socket.connected and self.state.phase == "running" and \
-                    now - last_relevant >= self.options.resubscribe_after:
-                last_relevant = now
-                await self.socket.cycle()
-            wait = self.options.poll_interval - (now - max(last_relevant, last_poll))
-            if deadline is not None:
-                wait = min(wait, deadline - now)
-            if wait <= 0:
-                await self.poll()
-                last_poll = loop.time()
-                continue
-            item = await self.next_item(wait)
-            if item is None:
-                continue
-            kind, payload = item
-            if kind == "msg":
-                events = self.state.feed(payload)
-                self.emit(events)
-                data = payload.get("data")
-                if events or (isinstance(data, dict) and data.get("prompt_id") == self.state.prompt_id):
-                    last_relevant = loop.time()
-                if self.state.outcome is not None or self.state.done_signal:
-                    await self.confirm()
-            elif kind == "bin":
-                self.on_binary(payload)
-            elif kind == "closed":
-                self.warn("connection_lost", f"websocket {payload}; reconnecting with the same clientId")
-                await self.poll()
-                last_poll = loop.time()
-            elif kind == "reconnected":
-                self.warn("reconnected", "websocket reconnected")
-                await self.poll()
-                last_poll = last_relevant = loop.time()
-            elif kind == "bad":
-                self.warn("bad_message", str(payload))
+        policy, client, pid = self.policy, self.client, self.policy.prompt_id
+        while True:
+            action = policy.next_action(self.loop.time())
+            if isinstance(action, Finish):
+                return
+            if isinstance(action, Fail):
+                raise action.error
+            if isinstance(action, (PollHistory, PollQueue)):
+                try:
+                    if isinstance(action, PollHistory):
+                        entry = await client.get_history(pid)
+                        self.emit(policy.history(entry, self.loop.time()))
+                    else:
+                        queue = await client.get_queue()
+                        self.emit(policy.queue(queue, self.loop.time()))
+                except (ServerUnreachable, ProtocolError) as exc:
+                    self.emit(policy.request_failed(exc, self.loop.time()))
+            elif isinstance(action, CycleSocket):
+                if self.socket is not None:
+                    await self.socket.cycle()
+            elif isinstance(action, Sleep):
+                await asyncio.sleep(max(0.0, action.until - self.loop.time()))
+            else:
+                item = await self.next_item(action.until - self.loop.time())
+                if item is not None:
+                    self.feed(*item)
+
+    def feed(self, kind: str, payload: Any) -> None:
+        now = self.loop.time()
+        if kind == "msg":
+            self.emit(self.policy.message(payload, now))
+        elif kind == "bin":
+            self.on_binary(payload, now)
+        elif kind == "closed":
+            self.emit(self.policy.dropped(str(payload), now))
+        elif kind == "reconnected":
+            self.emit(self.policy.reconnected(now))
+        elif kind == "bad":
+            self.emit(self.policy.bad_frame(str(payload)))
 
     async def next_item(self, wait: float) -> tuple[str, Any] | None:
         """The next inbox item, or ``None`` after ``wait`` seconds.
@@ -184,8 +185,10 @@ class _Waiter:
                 return self.inbox.get_nowait()
             except asyncio.QueueEmpty:
                 pass
+            if wait <= 0:
+                return None
             self.getter = asyncio.ensure_future(self.inbox.get())
-        done, _ = await asyncio.wait({self.getter}, timeout=wait)
+        done, _ = await asyncio.wait({self.getter}, timeout=max(0.0, wait))
         if not done:
             return None
         item, self.getter = self.getter.result(), None
@@ -196,80 +199,26 @@ class _Waiter:
             self.getter.cancel()
             self.getter = None
 
-    def on_binary(self, frame: bytes) -> None:
+    def on_binary(self, frame: bytes, now: float) -> None:
         header = parse_binary_frame(frame)
         if header is None:
-            self.warn("bad_message", f"ignored a malformed binary frame of {len(frame)} bytes")
+            self.emit(self.policy.bad_frame(f"ignored a malformed binary frame of {len(frame)} bytes"))
             return
-        events = self.state.feed_binary(header)
+        events = self.policy.binary(header, now)
         if events and self.options.previews_dir is not None:
             self.previews += 1
             ext = {"image/png": "png", "image/jpeg": "jpg"}.get(header.image_type or "", "bin")
-            path = Path(self.options.previews_dir) / f"preview_{self.state.prompt_id[:8]}_{self.previews:05d}.{ext}"
+            path = Path(self.options.previews_dir) / f"preview_{self.policy.prompt_id[:8]}_{self.previews:05d}.{ext}"
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_bytes(path, frame[header.payload_offset:])
             except OSError as exc:
-                self.warn("preview_not_saved", f"cannot save preview {path}: {exc.strerror or exc}")
+                self.sink(WarningEvent(self.policy.prompt_id, "preview_not_saved",
+                                       f"cannot save preview {path}: {exc.strerror or exc}"))
                 return
             ev = events[0]
             assert isinstance(ev, Preview)
             self.sink(Preview(ev.prompt_id, ev.node, ev.image_type, ev.bytes, str(path)))
-
-    async def confirm(self) -> None:
-        """After a terminal event: read the outcome from history (retrying while it is still ``{}``)."""
-        delay = 0.05
-        for _ in range(40):
-            entry = await self.guarded(self.client.get_history(self.state.prompt_id))
-            if entry:
-                self.emit(self.state.feed_history(entry))
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        await self.poll()
-
-    async def guarded(self, coro: Any) -> Any:
-        """Await a poll request; transient failures are tolerated for ``grace`` seconds."""
-        try:
-            result = await coro
-        except (ServerUnreachable, ProtocolError) as exc:
-            now = asyncio.get_running_loop().time()
-            if self.trouble_since is None:
-                self.trouble_since = now
-                self.warn("server_trouble", f"{exc}; retrying")
-            elif now - self.trouble_since > self.options.grace:
-                raise
-            return None
-        if self.trouble_since is not None:
-            self.trouble_since = None
-            self.warn("server_back", "the server answers again")
-        return result
-
-    async def poll(self) -> None:
-        """Backstop: history first, then the queue; in neither means lost."""
-        pid = self.state.prompt_id
-        entry = await self.guarded(self.client.get_history(pid))
-        if entry:
-            self.emit(self.state.feed_history(entry))
-            return
-        if self.trouble_since is not None:
-            return
-        queue = await self.guarded(self.client.get_queue())
-        if queue is None:
-            return
-        where = self.state.in_queue(queue)
-        self.emit(self.state.feed_queue(queue))
-        if where is None:
-            entry = await self.guarded(self.client.get_history(pid))  # it may have just finished
-            if entry:
-                self.emit(self.state.feed_history(entry))
-                return
-            if self.trouble_since is None:
-                raise PromptLost(
-                    f"prompt {pid} is lost: it is neither queued, running nor in the history of "
-                    f"{self.client.where}",
-                    hint="the server restarted, or the prompt was deleted from the queue",
-                )
 
 
 def _result(state: RunState, number: float | None = None) -> RunResult:
@@ -350,7 +299,7 @@ async def submit_and_wait(
         if not wait:
             return RunResult(state.prompt_id, "submitted", state,
                              f"prompt {state.prompt_id} queued (number {result.number})", [], result.number)
-        await _Waiter(client, socket, state, sink, options, inbox).run()
+        await _Follower(client, socket, state, sink, options, inbox).run()
         return _result(state, result.number)
     except asyncio.CancelledError:
         if not submitted:
@@ -399,7 +348,7 @@ async def watch_prompt(client: ComfyClient, prompt_id: str, sink: Sink, *,
         except ServerError as exc:
             sink(WarningEvent(prompt_id, "no_websocket", f"{exc}; following by polling only"))
             socket = None
-        await _Waiter(client, socket, state, sink, options, inbox).run()
+        await _Follower(client, socket, state, sink, options, inbox).run()
         return _result(state, state.number)
     except asyncio.CancelledError:
         task = asyncio.current_task()

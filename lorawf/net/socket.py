@@ -1,4 +1,4 @@
-"""The websocket of one clientId: moves frames into an inbox and reconnects; decides nothing else."""
+"""The websocket of one clientId: moves frames into an inbox and reconnects (:func:`reconnect_delay`); decides nothing else."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from lorawf.comfy.events import (
-    first_line,
-)
+from lorawf.comfy.events import first_line
+from lorawf.comfy.follow import reconnect_delay
 from lorawf.errors import (
     ProtocolError,
     ServerUnreachable,
@@ -116,7 +115,6 @@ class EventSocket:
         return reason
 
     async def _run(self) -> None:
-        delays = [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0]
         attempt = 0
         ws = self._ws
         while not self._stopping:
@@ -129,7 +127,7 @@ class EventSocket:
                     self._cycling = False
                 else:
                     await self.inbox.put(("closed", reason))
-                    await asyncio.sleep(delays[0])
+                    await asyncio.sleep(reconnect_delay(0))
             try:
                 ws = self._ws = await self._connect_once()
                 attempt = 0
@@ -137,7 +135,7 @@ class EventSocket:
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - server down or restarting: back off and retry
-                await asyncio.sleep(delays[min(attempt, len(delays) - 1)])
+                await asyncio.sleep(reconnect_delay(attempt))
                 attempt += 1
 
     async def cycle(self) -> None:
