@@ -76,18 +76,56 @@ def test_a_cut_keeps_what_arrived_and_206_appends(raw_server: Any, tmp_path: Pat
 
 
 @pytest.mark.parametrize("answer", [
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\n\r\nno length",
-    b"SPDY/3 200 OK\r\n\r\n",
-])
-def test_anything_unusual_is_left_to_httpx(raw_server: Any, tmp_path: Path, answer: bytes) -> None:
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello world",
+    b"HTTP/1.0 200 OK\r\n\r\nhello world",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 11\r\n\r\nhello world",
+], ids=["chunked", "close-delimited", "http-1.0", "http-1.0-length"])
+def test_every_body_framing_is_parsed(raw_server: Any, tmp_path: Path, answer: bytes) -> None:
     url, answers, _ = raw_server
     answers.append(answer)
-    with pytest.raises(bulk_get.Unsupported):
+    head, written = fetch(url, tmp_path / "p")
+    assert (head.status, written) == (200, 11)
+    assert (tmp_path / "p").read_bytes() == b"hello world"
+
+
+def test_a_cut_chunked_body_keeps_what_arrived(raw_server: Any, tmp_path: Path) -> None:
+    url, answers, _ = raw_server
+    answers.append(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n10\r\nwor")
+    with pytest.raises(bulk_get.Interrupted) as info:
         fetch(url, tmp_path / "p")
+    assert (tmp_path / "p").read_bytes().startswith(b"hello")
+    assert info.value.written >= 5
 
 
-def test_header_injection_and_proxies_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("content_range", ["bytes 0-9/10", "bytes 4-9/10", None])
+def test_a_206_that_does_not_continue_the_partial_file_writes_nothing(
+        raw_server: Any, tmp_path: Path, content_range: str | None) -> None:
+    url, answers, _ = raw_server
+    (tmp_path / "p").write_bytes(b"01234")
+    extra = f"Content-Range: {content_range}\r\n" if content_range else ""
+    answers.append(f"HTTP/1.1 206 Partial Content\r\nContent-Length: 5\r\n{extra}\r\nxxxxx".encode())
+    with pytest.raises(bulk_get.RangeMismatch, match="partial file ends at 5"):
+        fetch(url, tmp_path / "p", resume=5, headers={"Range": "bytes=5-"})
+    assert (tmp_path / "p").read_bytes() == b"01234"
+
+
+def test_a_garbled_status_line_is_a_cut_connection(raw_server: Any, tmp_path: Path) -> None:
+    url, answers, _ = raw_server
+    answers.append(b"SPDY/3 200 OK\r\n\r\n")
+    with pytest.raises(bulk_get.Interrupted):
+        fetch(url, tmp_path / "p")
+    assert not (tmp_path / "p").exists()
+
+
+def test_range_start_parses_content_range() -> None:
+    assert bulk_get.range_start("bytes 5-9/10") == 5
+    assert bulk_get.range_start("bytes 5-9/*") == 5
+    assert bulk_get.range_start("items 5-9/10") is None
+    assert bulk_get.range_start(None) is None
+
+
+def test_header_injection_and_proxies_go_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(bulk_get.Unsupported, match="line break"):
         fetch("http://127.0.0.1:9", tmp_path / "p", headers={"X": "a\r\nEvil: 1"})
     monkeypatch.setenv("http_proxy", "http://proxy.example:3128")
@@ -119,3 +157,24 @@ def test_download_file_falls_back_to_httpx(comfy_server: Any, tmp_path: Path,
 
     event = asyncio.run(go())
     assert Path(event.path).read_bytes() == (comfy_server.root / "output" / "big.bin").read_bytes()
+
+
+def test_a_resume_the_server_answers_from_elsewhere_starts_the_file_again(raw_server: Any, tmp_path: Path) -> None:
+    url, answers, seen = raw_server
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / ".a.bin.part").write_bytes(b"01234")
+    (dest / ".a.bin.part.etag").write_text('"v1"')
+    answers.append(b"HTTP/1.1 206 Partial Content\r\nContent-Length: 10\r\nContent-Range: bytes 0-9/10\r\n\r\nABCDEFGHIJ")
+    answers.append(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nETag: \"v2\"\r\n\r\nABCDEFGHIJ")
+    warnings: list[Any] = []
+
+    async def go() -> list[str]:
+        async with http.ComfyClient(ServerSettings(url)) as c:
+            return await download.download_outputs(c, [OutputFile("1", "files", "a.bin")], dest, warnings.append, "p")
+
+    assert asyncio.run(go()) == []
+    assert (dest / "a.bin").read_bytes() == b"ABCDEFGHIJ"  # never 01234ABCDEFGHIJ
+    assert b"Range: bytes=5-" in seen[0] and b"Range:" not in seen[1]
+    assert any("cannot resume" in getattr(w, "message", "") for w in warnings)
+    assert not [p.name for p in dest.iterdir() if p.name.startswith(".")]

@@ -1,16 +1,17 @@
-"""A lean HTTP/1.1 GET that streams a response body straight into a file: the download path for big outputs.
+"""A lean HTTP GET that streams a response body straight into a file: the download path for big outputs.
 
 Why not httpx here: its pure-Python stack moves the body in 64 KiB pieces through several layers, which caps a
-loopback download of a multi-GB LoRA checkpoint at about half of curl's speed. This module does one thing: a
-blocking socket, ``recv_into`` a reused 1 MiB buffer, ``os.write`` (flat memory, run in a worker thread).
-Anything unusual (a proxy configured for the host, chunked transfer encoding, no Content-Length) is reported as
-:class:`Unsupported` and the caller falls back to httpx.
+loopback download of a multi-GB LoRA checkpoint at about half of curl's speed. This module does one thing:
+stdlib :mod:`http.client` parses the response (Content-Length, chunked, close-delimited and HTTP/1.0 bodies
+alike), ``readinto`` fills a reused 1 MiB buffer, ``os.write`` puts it on disk (flat memory, run in a worker
+thread). A proxy configured for the host is :class:`Unsupported`: the caller falls back to httpx.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
-import socket
+import re
 import ssl
 import threading
 import urllib.request
@@ -19,11 +20,13 @@ from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 BUFFER = 1 << 20
-MAX_HEAD = 64 * 1024
+#: Bytes of an error answer's body that are kept for the error message.
+ERROR_BODY = 64 * 1024
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.ASCII)
 
 
 class Unsupported(Exception):
-    """This request needs the general HTTP client (proxy, chunked body, no length...)."""
+    """This request needs the general HTTP client (a proxy is configured for the host)."""
 
 
 class Interrupted(Exception):
@@ -36,7 +39,7 @@ class Interrupted(Exception):
 
 @dataclass(frozen=True)
 class Head:
-    """Status line and headers (names lower-cased) of a response."""
+    """Status and headers (names lower-cased) of a response; ``body_start`` holds an error answer's body."""
 
     status: int
     headers: Mapping[str, str]
@@ -52,38 +55,28 @@ def proxied(base_url: str) -> bool:
     return not urllib.request.proxy_bypass(parts.hostname or "")
 
 
-def _connect(base_url: str, ssl_context: ssl.SSLContext | None, timeout: float) -> socket.socket:
+class RangeMismatch(Exception):
+    """A 206 answer that does not continue the partial file where it ends: nothing was written."""
+
+
+def _connection(base_url: str, ssl_context: ssl.SSLContext | None, timeout: float) -> http.client.HTTPConnection:
     parts = urlsplit(base_url)
     host = parts.hostname or "localhost"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    sock = socket.create_connection((host, port), timeout=min(timeout, 15.0))
-    sock.settimeout(timeout)
     if parts.scheme == "https":
-        context = ssl_context or ssl.create_default_context()
-        return context.wrap_socket(sock, server_hostname=host)
-    return sock
+        return http.client.HTTPSConnection(host, parts.port, timeout=timeout,
+                                           context=ssl_context or ssl.create_default_context())
+    return http.client.HTTPConnection(host, parts.port, timeout=timeout)
 
 
-def _read_head(sock: socket.socket) -> Head:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise Interrupted("connection closed before the response headers", 0)
-        data += chunk
-        if len(data) > MAX_HEAD:
-            raise Unsupported("response headers too large")
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("iso-8859-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise Unsupported(f"unexpected status line {lines[0]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return Head(int(parts[1]), headers, rest)
+def range_start(content_range: str | None) -> int | None:
+    """The first byte of a ``Content-Range: bytes START-END/TOTAL`` header, or ``None`` when it has none."""
+    match = _CONTENT_RANGE.fullmatch((content_range or "").strip())
+    return int(match.group(1)) if match else None
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:  # os.write may write less than asked
+        data = data[os.write(fd, data):]
 
 
 def get_to_file(
@@ -100,9 +93,11 @@ def get_to_file(
 ) -> tuple[Head, int]:
     """GET ``base_url + path?params``; on 200/206 write the body into ``part_path`` and return ``(head, n)``.
 
-    A 206 answer to a request with a ``Range`` header appends; 200 truncates. Other statuses return at once
-    with ``n = 0`` and up to 64 KiB of the error body in ``head.body_start``. Raises :class:`Unsupported`
-    or :class:`Interrupted` (the bytes written so far stay in the file, so the next call can resume).
+    A 206 answer to a request with a ``Range`` header appends, once its ``Content-Range`` is checked to start at
+    ``resume_from`` (else :class:`RangeMismatch`); 200 truncates. Other statuses return at once with ``n = 0``
+    and up to 64 KiB of the error body in ``head.body_start``. Raises :class:`Unsupported` or
+    :class:`Interrupted` (the bytes written so far stay in the file, so the next call can resume). A body
+    shorter than its Content-Length returns with ``n`` short of it: the caller compares.
     """
     if proxied(base_url):
         raise Unsupported("a proxy is configured for this host")
@@ -110,52 +105,56 @@ def get_to_file(
         raise Unsupported("a header contains a line break")
     parts = urlsplit(base_url)
     target = f"{parts.path.rstrip('/')}{path}?{urlencode(params)}"
-    host = parts.netloc.rpartition("@")[2]
-    lines = [f"GET {target} HTTP/1.1", f"Host: {host}", "Accept-Encoding: identity", "Connection: close"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-    try:
-        sock = _connect(base_url, ssl_context, timeout)
-    except OSError as exc:
-        raise Interrupted(f"cannot connect: {exc}", 0) from None
+    request_headers = {"Accept-Encoding": "identity", "Connection": "close", **headers}
+    conn = _connection(base_url, ssl_context, timeout)
     written = 0
-    with sock:
+    try:
         try:
-            sock.sendall(request)
-            head = _read_head(sock)
-        except OSError as exc:
+            conn.request("GET", target, headers=request_headers)
+            response = conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
             raise Interrupted(str(exc) or type(exc).__name__, 0) from None
-        if head.status not in (200, 206):
-            return head, 0
-        if "chunked" in head.headers.get("transfer-encoding", "").lower() or \
-                not head.headers.get("content-length", "").isdigit():
-            raise Unsupported("no Content-Length")
-        expected = int(head.headers["content-length"])
-        append = head.status == 206 and resume_from > 0
+        head_headers = {name.lower(): value for name, value in response.getheaders()}
+        if response.status not in (200, 206):
+            try:
+                body = response.read(ERROR_BODY)
+            except (OSError, http.client.HTTPException):
+                body = b""
+            return Head(response.status, head_headers, body), 0
+        head = Head(response.status, head_headers, b"")
+        append = response.status == 206 and resume_from > 0
+        if response.status == 206:
+            start = range_start(head_headers.get("content-range"))
+            if start != resume_from:
+                raise RangeMismatch(f"the server sent bytes from {start if start is not None else 'an unknown offset'}, "
+                                    f"the partial file ends at {resume_from}")
         if on_head is not None:
             on_head(head)  # before the body: what a later resume needs (the ETag) is kept even if cut
         fd = os.open(part_path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o644)
         try:
-            first = head.body_start[:expected]
-            if first:
-                os.write(fd, first)
-                written = len(first)
             buffer = bytearray(BUFFER)
             view = memoryview(buffer)
-            while written < expected:
+            while True:
                 if stop.is_set():
                     raise Interrupted("cancelled", written)
                 try:
-                    n = sock.recv_into(buffer, min(BUFFER, expected - written))
-                except OSError as exc:
+                    n = response.readinto(buffer)
+                except http.client.IncompleteRead as exc:  # a cut chunked body: keep the part that came
+                    _write_all(fd, memoryview(exc.partial))
+                    written += len(exc.partial)
+                    raise Interrupted(f"connection closed after {written} bytes", written) from None
+                except (OSError, http.client.HTTPException) as exc:
                     raise Interrupted(str(exc) or type(exc).__name__, written) from None
-                if n == 0:
-                    raise Interrupted(f"connection closed after {written} of {expected} bytes", written)
-                mv = view[:n]
-                while mv:  # os.write may write less than asked
-                    mv = mv[os.write(fd, mv):]
+                if not n:
+                    if response.length:  # http.client counts down a Content-Length body
+                        raise Interrupted(f"connection closed after {written} of "
+                                          f"{written + response.length} bytes", written)
+                    break
+                _write_all(fd, view[:n])
                 written += n
             os.fsync(fd)
         finally:
             os.close(fd)
+    finally:
+        conn.close()
     return head, written

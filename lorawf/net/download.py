@@ -78,16 +78,25 @@ async def download_file(client: ComfyClient, ref: OutputFile, dest: Path, prompt
         bulk = await _bulk_download(client, params, headers, part, tag_file, offset, what)
     except bulk_get.Unsupported:
         bulk = None
+    except bulk_get.RangeMismatch as exc:
+        _start_over(part, tag_file)
+        raise ProtocolError(f"{what}: cannot resume ({exc}); starting the file again") from None
     if bulk is not None:
         status, expected, written = bulk
     else:
-        status, expected, written = await _httpx_download(client, params, headers, part, tag_file, what)
+        status, expected, written = await _httpx_download(client, params, headers, part, tag_file, offset, what)
     if expected is not None and expected.isdigit() and written != int(expected):
         raise ProtocolError(f"{what}: download incomplete ({written} of {expected} bytes); run again to resume")
     tag_file.unlink(missing_ok=True)
     placed, placed_status = _place(part, final)
     return Download(prompt_id, ref.filename, ref.subfolder, ref.type, str(placed), placed.stat().st_size,
                     "same" if placed_status == "same" else status)
+
+
+def _start_over(part: Path, tag_file: Path) -> None:
+    """Drop a partial file that cannot be resumed, so the next attempt downloads it whole."""
+    part.unlink(missing_ok=True)
+    tag_file.unlink(missing_ok=True)
 
 
 def _remember_etag(tag_file: Path, etag: str | None) -> None:
@@ -123,13 +132,19 @@ async def _bulk_download(client: ComfyClient, params: dict[str, str], headers: d
 
 
 async def _httpx_download(client: ComfyClient, params: dict[str, str], headers: dict[str, str], part: Path,
-                          tag_file: Path, what: str) -> tuple[str, str | None, int]:
+                          tag_file: Path, offset: int, what: str) -> tuple[str, str | None, int]:
     """The general path (proxies, chunked answers): httpx streaming, flat memory."""
     status = "saved"
     with client.mapped(what):
         async with client.http.stream("GET", "/view", params=params, headers=headers) as resp:
             client.check_status(resp, what)
             if resp.status_code == 206 and headers:
+                start = bulk_get.range_start(resp.headers.get("Content-Range"))
+                if start != offset:
+                    _start_over(part, tag_file)
+                    raise ProtocolError(f"{what}: cannot resume (the server sent bytes from "
+                                        f"{start if start is not None else 'an unknown offset'}, the partial "
+                                        f"file ends at {offset}); starting the file again")
                 mode, status = "ab", "resumed"
             else:
                 mode = "wb"
