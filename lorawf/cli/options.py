@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,51 @@ if TYPE_CHECKING:  # imported when a command runs, not for `lorawf --help`
     from lorawf.training.plan import PlanOverrides
 
 F = Callable[..., Any]
+
+_PROMPT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}", re.ASCII)
+
+
+class Seconds(click.ParamType[float]):
+    """A finite number of seconds greater than 0 (``-5`` would give up at once, ``nan`` wait forever)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            seconds = value
+        else:
+            try:
+                seconds = float(str(value).strip())
+            except ValueError:
+                self.fail(f"{str(value)[:40]!r} is not a number of seconds (try 3600)", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{seconds:g}: expected a number of seconds greater than 0 (try 3600)", param, ctx)
+        return seconds
+
+
+class PromptId(click.ParamType[str]):
+    """A prompt id as ComfyUI and lorawf make them (a uuid): it goes into URLs, so nothing else gets in."""
+
+    name = "prompt_id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        if not _PROMPT_ID.fullmatch(text):
+            from lorawf.printable import printable
+
+            self.fail(f"{printable(text[:60])!r} is not a prompt id (expected something like "
+                      "a5b7be84-2f71-4591-a8d8-2565ca19e04a; `lorawf queue` lists them)", param, ctx)
+        return text
+
+
+SECONDS = Seconds()
+PROMPT_ID = PromptId()
+
+
+def timeout_option(func: F) -> F:
+    """``--timeout S``: the opt-in limit on waiting for the end."""
+    return click.option("--timeout", type=SECONDS, default=None, metavar="S",
+                        help="Give up waiting after S seconds (the prompt keeps running). Default: no limit.")(func)
 
 
 @dataclass(frozen=True)
@@ -72,8 +119,7 @@ def follow_options(func: F) -> F:
     func = click.option("--verbose", "-v", is_flag=True, help="Show server tracebacks of failed nodes.")(func)
     func = click.option("--previews", type=click.Path(file_okay=False, path_type=Path), default=None,
                         help="Save binary preview frames into this folder (default: ignore them).")(func)
-    func = click.option("--timeout", type=float, default=None, metavar="S",
-                        help="Give up waiting after S seconds (the prompt keeps running). Default: no limit.")(func)
+    func = timeout_option(func)
     func = click.option("--download", type=click.Path(file_okay=False, path_type=Path), default=None,
                         metavar="DIR", help="Download every output file into DIR.")(func)
     func = click.option("--json", "json_mode", is_flag=True,

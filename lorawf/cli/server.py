@@ -14,7 +14,15 @@ from typing import Any
 import click
 
 from lorawf.cli.loop import run_async
-from lorawf.cli.options import ServerOptions, follow_from, follow_options, plan_options, server_options
+from lorawf.cli.options import (
+    PROMPT_ID,
+    ServerOptions,
+    follow_from,
+    follow_options,
+    plan_options,
+    server_options,
+    timeout_option,
+)
 from lorawf.cli.output import say
 from lorawf.printable import json_line, printable
 
@@ -54,7 +62,7 @@ def submit_cmd(workflow: Path, server: ServerOptions, no_wait: bool, no_prefligh
 
 
 @click.command("watch")
-@click.argument("prompt_id")
+@click.argument("prompt_id", type=PROMPT_ID)
 @server_options
 @follow_options
 def watch_cmd(prompt_id: str, server: ServerOptions, json_mode: bool, download: Path | None,
@@ -104,7 +112,7 @@ def queue_cmd(server: ServerOptions, json_mode: bool) -> None:
 
 
 @click.command("cancel")
-@click.argument("prompt_id")
+@click.argument("prompt_id", type=PROMPT_ID)
 @server_options
 @click.option("--json", "json_mode", is_flag=True, help="Print the result as one lorawf.event/1 line.")
 def cancel_cmd(prompt_id: str, server: ServerOptions, json_mode: bool) -> None:
@@ -112,7 +120,7 @@ def cancel_cmd(prompt_id: str, server: ServerOptions, json_mode: bool) -> None:
     from lorawf.runs import engine
 
     settings = server.settings()
-    done = run_async(lambda: engine.cancel(settings, prompt_id.strip()))
+    done = run_async(lambda: engine.cancel(settings, prompt_id))
     if json_mode:
         click.echo(json_line({**done.to_dict(), "prompt_id": prompt_id}))
     else:
@@ -137,7 +145,7 @@ def cancel_cmd(prompt_id: str, server: ServerOptions, json_mode: bool) -> None:
 @click.option("--no-preflight", is_flag=True, help="Do not check the workflow against the server's schemas.")
 @server_options
 @click.option("--json", "json_mode", is_flag=True, help="NDJSON events (schema lorawf.event/1).")
-@click.option("--timeout", type=float, default=None, metavar="S", help="Give up waiting after S seconds.")
+@timeout_option
 @click.option("--verbose", "-v", is_flag=True, help="Show server tracebacks of failed nodes.")
 def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, server_dataset_path: str | None,
             server_input_dir: str | None, server_output_dir: str | None, template: Path | None,
@@ -176,7 +184,7 @@ def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, 
 @click.option("--download-as-you-go", is_flag=True, help="Fetch each checkpoint as soon as it is written.")
 @server_options
 @click.option("--json", "json_mode", is_flag=True, help="NDJSON events (schema lorawf.event/1).")
-@click.option("--timeout", type=float, default=None, metavar="S", help="Give up waiting after S seconds.")
+@timeout_option
 @click.option("--verbose", "-v", is_flag=True, help="Show server tracebacks of failed nodes.")
 def resume_cmd(run_dir: Path, server_input_dir: str | None, server_output_dir: str | None,
                download_as_you_go: bool, server: ServerOptions, json_mode: bool, timeout: float | None,

@@ -53,12 +53,20 @@ class ServerSettings:
         """Server from ``--server``, else ``LORAWF_SERVER``, else the local default; token from ``LORAWF_TOKEN``."""
         env = os.environ if environ is None else environ
         url = (server or env.get(ENV_SERVER) or DEFAULT_SERVER).strip()
-        parts = urlsplit(url if "://" in url else f"http://{url}")
+        source = "--server" if server else (ENV_SERVER if env.get(ENV_SERVER) else "--server")
+        expected = "expected http://HOST:PORT or https://HOST[:PORT]"
+        if any(not c.isprintable() or c.isspace() for c in url):
+            raise UsageError(f"{source}: the URL contains spaces or control characters; {expected}")
+        try:
+            parts = urlsplit(url if "://" in url else f"http://{url}")
+            _ = parts.port  # a bad port raises here, not at the first request
+        except ValueError as exc:  # e.g. 'Invalid IPv6 URL', 'Port out of range 0-65535'
+            raise UsageError(f"{source}: {exc}; {expected}") from None
         parts = parts._replace(path=parts.path.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"--server {cls._redact(url)!r}: expected http://HOST:PORT or https://HOST[:PORT]")
+            raise UsageError(f"{source} {cls._redact(url)!r}: {expected}")
         if parts.query or parts.fragment:
-            raise UsageError(f"--server {cls._redact(url)!r}: a query string is not sent with every request; "
+            raise UsageError(f"{source} {cls._redact(url)!r}: a query string is not sent with every request; "
                              "pass credentials with --header 'Name: value' or LORAWF_TOKEN")
         parsed_headers = dict(parse_header(h) for h in headers)
         if parts.username is not None:

@@ -192,6 +192,11 @@ def validate_overrides(o: PlanOverrides) -> None:
     if o.steps_per_image is not None:
         if not math.isfinite(o.steps_per_image) or o.steps_per_image <= 0:
             raise OverrideError(f"--steps-per-image {o.steps_per_image:g}: must be greater than 0 (try 40)")
+        most = LIMITS["max_train_steps"][1]
+        assert most is not None
+        if o.steps_per_image > most:  # one image already needs more steps than FluxTrainer accepts
+            raise OverrideError(f"--steps-per-image {o.steps_per_image:g} is out of range: at most {most:g} "
+                                f"(the planner caps the total at {MAX_STEPS} anyway; try 40)")
         if o.max_train_steps is not None:
             raise OverrideError("--steps and --steps-per-image both set the step count: give only one")
 
