@@ -48,3 +48,13 @@ def sha256_file(path: Path) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
     return size, digest.hexdigest()
+
+
+def remove_empty_dirs(root: Path) -> None:
+    """Remove the empty folders below ``root`` (deepest first; ``root`` itself stays)."""
+    for path in sorted((p for p in root.rglob("*") if p.is_dir() and not p.is_symlink()),
+                       key=lambda p: len(p.parts), reverse=True):
+        try:
+            path.rmdir()  # only succeeds when empty
+        except OSError:
+            pass

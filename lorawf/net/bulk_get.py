@@ -9,9 +9,11 @@ thread). A proxy configured for the host is :class:`Unsupported`: the caller fal
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
+import socket
 import ssl
 import threading
 import urllib.request
@@ -53,6 +55,32 @@ def proxied(base_url: str) -> bool:
     if not (proxies.get(parts.scheme) or proxies.get("all")):
         return False
     return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
+class Stop(threading.Event):
+    """The stop signal of one download: setting it also shuts the socket down, so a worker thread blocked
+    in a read (a stalled server) returns at once instead of after the socket timeout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+
+    def attach(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+        if self.is_set():
+            self._shutdown()
+
+    def set(self) -> None:
+        super().set()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            if self._sock is not None:
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_RDWR)
 
 
 class RangeMismatch(Exception):
@@ -110,6 +138,11 @@ def get_to_file(
     written = 0
     try:
         try:
+            conn.connect()
+            if isinstance(stop, Stop):
+                stop.attach(conn.sock)
+            if stop.is_set():
+                raise Interrupted("cancelled", 0)
             conn.request("GET", target, headers=request_headers)
             response = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
@@ -156,5 +189,7 @@ def get_to_file(
         finally:
             os.close(fd)
     finally:
+        if isinstance(stop, Stop):
+            stop.attach(None)
         conn.close()
     return head, written

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -110,7 +109,7 @@ def _remember_etag(tag_file: Path, etag: str | None) -> None:
 async def _bulk_download(client: ComfyClient, params: dict[str, str], headers: dict[str, str], part: Path,
                          tag_file: Path, offset: int, what: str) -> tuple[str, str | None, int]:
     """The fast path (:mod:`lorawf.net.bulk_get`, in a worker thread); raises ``Unsupported`` to fall back."""
-    stop = threading.Event()
+    stop = bulk_get.Stop()
     all_headers = {"User-Agent": USER_AGENT, **client.settings.request_headers(), **headers}
     def on_head(head: bulk_get.Head) -> None:
         if not (head.status == 206 and headers):

@@ -27,6 +27,7 @@ from lorawf.comfy.events import (
     DEFAULT_LOOP_CLASSES,
     CancelDone,
     Event,
+    Notice,
     OutputFile,
     Preview,
     Queued,
@@ -227,10 +228,32 @@ def _result(state: RunState, number: float | None = None) -> RunResult:
 
 
 async def _cancel_after_interrupt(client: ComfyClient, state: RunState, sink: Sink) -> Cancelled:
-    """Ctrl-C while waiting: cancel our prompt, report what was done, return the error to raise."""
+    """Ctrl-C while waiting: cancel our prompt, report what was done, return the error to raise.
+
+    The cancel runs to its end even when Ctrl-C is pressed again meanwhile: a second Ctrl-C must not leave
+    the prompt running on the server while the user believes it was cancelled.
+    """
     task = asyncio.current_task()
+    _uncancel(task)
+    job = asyncio.ensure_future(_cancel_and_read_back(client, state, sink))
+    while True:
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            if job.cancelled():
+                raise
+            _uncancel(task)
+            sink(Notice(state.prompt_id, f"still cancelling prompt {state.prompt_id} on the server; "
+                                         "lorawf exits as soon as it is removed or interrupted", warning=True))
+
+
+def _uncancel(task: asyncio.Task[Any] | None) -> None:
+    """Take back one cancellation request (Python 3.11+), so the awaits of the cancel itself run."""
     if task is not None and hasattr(task, "uncancel"):
         task.uncancel()
+
+
+async def _cancel_and_read_back(client: ComfyClient, state: RunState, sink: Sink) -> Cancelled:
     try:
         action, message = await cancel_prompt(client, state.prompt_id)
     except LorawfError as exc:

@@ -321,18 +321,34 @@ class RunFollower:
     async def after_run(self, result: RunResult | None, error: LorawfError | None,
                         reporter: Reporter) -> list[str]:
         from lorawf.errors import outcome_for
+        from lorawf.fsutil import remove_empty_dirs
         from lorawf.runs.record import outcome_from_event, scan_files, write_record
         from lorawf.runs.sheet import make_run_sheet
         from lorawf.timefmt import utc_now
 
-        if self.eager is not None:
-            await self.eager.stop()
-            for event in self.eager.events:
-                reporter(event)
-        fetched = self.eager.done if self.eager is not None else set()
-        refs = [(ref, role) for key, (ref, role) in self.collector.refs.items() if key not in fetched]
-        problems = await download_all(self.client, self.run_dir, refs, reporter,
-                                      result.prompt_id if result else None) if refs else []
+        try:
+            if self.eager is not None:
+                await self.eager.stop()
+                for event in self.eager.events:
+                    reporter(event)
+            fetched = self.eager.done if self.eager is not None else set()
+            refs = [(ref, role) for key, (ref, role) in self.collector.refs.items() if key not in fetched]
+            problems = await download_all(self.client, self.run_dir, refs, reporter,
+                                          result.prompt_id if result else None) if refs else []
+        except asyncio.CancelledError:
+            # Ctrl-C during the downloads: the record says so (and what resume does) before the exit
+            if self.eager is not None:
+                self.eager.task.cancel()
+            remove_empty_dirs(self.run_dir)  # a folder made for a file that never came
+            rec = replace(self.record, prompt_id=(result.prompt_id if result else None) or self.record.prompt_id,
+                          outcome="cancelled",
+                          error="cancelled during the downloads; `lorawf resume` fetches the rest",
+                          timings=replace(self.record.timings, started=self.collector.started_at
+                                          or self.record.timings.started, finished=utc_now()),
+                          files=tuple(scan_files(self.run_dir)))
+            write_record(self.run_dir, rec, self.secrets)
+            self.record = rec
+            raise
         rec = self.record
         prompt_id = result.prompt_id if result is not None else getattr(error, "prompt_id", None)
         outcome = outcome_from_event(result.outcome if result is not None
