@@ -11,6 +11,11 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def from_epoch_ms(ms: float) -> datetime:
+    """A server timestamp (milliseconds since the epoch, as ComfyUI sends them) as an aware UTC datetime."""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
 def iso_utc(when: datetime) -> str:
     """``2026-11-25T18:15:02.123Z``: UTC, millisecond precision. A naive ``when`` is taken as local time."""
     return when.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -9,12 +9,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from lorawf.timefmt import parse_iso
 from lorawf.training.plan import plan_training
 
 REPO = Path(__file__).resolve().parent.parent
@@ -262,6 +264,7 @@ def test_resume_after_the_terminal_went_away(comfy_server_factory: Any, tmp_path
     server = comfy_server_factory(step_delay=0.002)
     out = tmp_path / "runs"
     proc = _start_run(server, tmp_path, out)
+    first_progress = time.time()
     _wait_for_progress(proc, 300)
     proc.kill()  # a closed laptop: no cancel, the prompt goes on running on the server
     proc.wait(timeout=30)
@@ -269,6 +272,8 @@ def test_resume_after_the_terminal_went_away(comfy_server_factory: Any, tmp_path
     record = json.loads((run_dir / "run.json").read_text())
     assert record["outcome"] == "pending" and record["prompt_id"]
 
+    time.sleep(0.5)
+    resume_began = time.time()
     resumed = lorawf("resume", str(run_dir), "--json", tmp=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     events = [json.loads(line) for line in resumed.stdout.splitlines()]
@@ -284,9 +289,19 @@ def test_resume_after_the_terminal_went_away(comfy_server_factory: Any, tmp_path
     assert (run_dir / "contact_sheet.png").exists()
     assert {f["path"] for f in record["files"]} >= {f"checkpoints/{n}" for n in expected}
 
+    # the times are the server's: the start was before the resume, the running time the real one
+    timings = record["timings"]
+    history = httpx.get(f"{server.url}/history/{record['prompt_id']}").json()[record["prompt_id"]]
+    stamps = dict(history["status"]["messages"])
+    assert parse_iso(timings["started"]).timestamp() == stamps["execution_start"]["timestamp"] / 1000
+    assert parse_iso(timings["finished"]).timestamp() == stamps["execution_success"]["timestamp"] / 1000
+    assert parse_iso(timings["started"]).timestamp() < first_progress + 5 < resume_began + 5
+    assert timings["running_seconds"] >= resume_began - first_progress - 1
+
     again = lorawf("resume", str(run_dir), tmp=tmp_path)  # nothing left to do, nothing duplicated
     assert again.returncode == 0, again.stderr[-2000:]
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == expected
+    assert json.loads((run_dir / "run.json").read_text())["timings"] == timings  # never rewritten
 
 
 def test_resume_needs_a_submitted_run(tmp_path: Path) -> None:

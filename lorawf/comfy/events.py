@@ -424,6 +424,10 @@ class RunState:
     position: int | None = None
     number: float | int | None = None
     loops: dict[str, LoopInfo] = field(default_factory=dict)
+    #: The server's own clock (ms since the epoch) at ``execution_start`` and at the terminal message: the
+    #: run's true times, also when lorawf only re-attached later (``lorawf resume``).
+    server_started_ms: int | None = None
+    server_finished_ms: int | None = None
     _announced: set[tuple[str, str, str]] = field(default_factory=set)
     _warned_blocked: int = 0
 
@@ -476,6 +480,7 @@ class RunState:
             return self._start() + self._executing(str(node))
         if pid != self.prompt_id:
             return []
+        self._note_server_time(mtype, data)
         handler = getattr(self, f"_on_{mtype}", None)
         if handler is None:
             return []
@@ -532,6 +537,8 @@ class RunState:
         if isinstance(status, Mapping):
             messages = [m for m in status.get("messages") or [] if isinstance(m, list) and len(m) == 2]
             for mtype, mdata in messages:
+                if isinstance(mtype, str) and isinstance(mdata, Mapping):
+                    self._note_server_time(mtype, mdata)
                 if mtype in ("execution_error", "execution_interrupted", "execution_success"):
                     last_type, last_data = mtype, mdata if isinstance(mdata, Mapping) else {}
                 if mtype == "execution_cached" and not self.cached and isinstance(mdata, Mapping):
@@ -553,6 +560,16 @@ class RunState:
         self.phase = "finished"
         self.confirmed = True
         return events
+
+    def _note_server_time(self, mtype: str, data: Mapping[str, Any]) -> None:
+        stamp = data.get("timestamp")
+        if not isinstance(stamp, (int, float)) or isinstance(stamp, bool) or not 0 < stamp < 2**53:
+            return
+        if mtype == "execution_start" and self.server_started_ms is None:
+            self.server_started_ms = int(stamp)
+        elif mtype in ("execution_success", "execution_interrupted") or (
+                mtype == "execution_error" and data.get("exception_type") != "ExecutionBlocked"):
+            self.server_finished_ms = int(stamp)
 
     # -- message handlers ------------------------------------------------------------------------
     def _start(self) -> list[Event]:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from lorawf.net.http import ComfyClient
     from lorawf.net.prompts import RunResult
     from lorawf.net.upload_plan import UploadFile
-    from lorawf.runs.record import RunRecord
+    from lorawf.runs.record import RunRecord, Timings
 
 
 @dataclass(frozen=True)
@@ -318,6 +318,21 @@ class RunFollower:
             write_record(self.run_dir, self.record, self.secrets)  # a crash from here on still names the prompt
         return self.collector(event)
 
+    def _timings(self, result: RunResult | None) -> Timings:
+        """Start and end from the server's own timestamps where it sent them (true after a resume too);
+        else what was seen here, never replacing a time already recorded."""
+        from lorawf.timefmt import from_epoch_ms, utc_now
+
+        timings = self.record.timings
+        state = result.state if result is not None else None
+        started = timings.started or self.collector.started_at
+        finished = utc_now()
+        if state is not None and state.server_started_ms is not None:
+            started = from_epoch_ms(state.server_started_ms)
+        if state is not None and state.server_finished_ms is not None:
+            finished = from_epoch_ms(state.server_finished_ms)
+        return replace(timings, submitted=timings.submitted or timings.created, started=started, finished=finished)
+
     async def after_run(self, result: RunResult | None, error: LorawfError | None,
                         reporter: Reporter) -> list[str]:
         from lorawf.errors import outcome_for
@@ -361,9 +376,7 @@ class RunFollower:
                       "`lorawf resume` fetches them")
         rec = replace(rec, prompt_id=prompt_id or rec.prompt_id, outcome=outcome,
                       error=reason.splitlines()[0] if reason else None,
-                      timings=replace(rec.timings, submitted=rec.timings.submitted or rec.timings.created,
-                                      started=self.collector.started_at or rec.timings.started,
-                                      finished=utc_now()))
+                      timings=self._timings(result))
         try:
             make_run_sheet(self.run_dir, record=rec)
         except LorawfError as exc:
