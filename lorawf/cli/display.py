@@ -7,8 +7,10 @@ defence. :class:`Console` is the reporter the commands hand to the engine.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+import unicodedata
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TextIO
@@ -50,6 +52,61 @@ def bar(value: int, maximum: int, width: int = 28) -> str:
     frac = 0.0 if maximum <= 0 else max(0.0, min(1.0, value / maximum))
     filled = round(frac * width)
     return "█" * filled + "·" * (width - filled)
+
+
+#: Columns assumed when the terminal does not say (and ``$COLUMNS`` is unset).
+FALLBACK_COLUMNS = 80
+BAR_MAX, BAR_MIN = 28, 8
+
+
+def terminal_columns(stream: TextIO) -> int:
+    """The width of the terminal behind ``stream``, asked afresh (so a resize counts at the next redraw)."""
+    try:
+        return max(20, os.get_terminal_size(stream.fileno()).columns)
+    except (AttributeError, OSError, ValueError):
+        raw = os.environ.get("COLUMNS", "")
+        return max(20, int(raw)) if raw.isdigit() else FALLBACK_COLUMNS
+
+
+def _cells(char: str) -> int:
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def cells(text: str) -> int:
+    """Terminal columns ``text`` takes (wide East Asian characters count two, combining marks none)."""
+    return sum(_cells(c) for c in text)
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut to at most ``width`` terminal columns, with ``…`` where it was cut."""
+    if cells(text) <= width:
+        return text
+    out, used = [], 0
+    for char in text:
+        size = _cells(char)
+        if used + size > width - 1:
+            break
+        out.append(char)
+        used += size
+    return "".join(out) + "…"
+
+
+def bar_line(label: str, value: int, maximum: int, tail: str, width: int) -> str:
+    """``label`` + a bar as wide as the line allows + ``tail``; without the bar when there is no room."""
+    room = width - cells(label) - cells(tail) - 2
+    if room < BAR_MIN:
+        return fit(f"{label} {tail}", width)
+    return f"{label} {bar(value, maximum, min(BAR_MAX, room))} {tail}"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
 
 
 class RateMeter:
@@ -183,12 +240,14 @@ class LiveDisplay:
     """A terminal: notices scroll above a redrawn block (current node, step bar, overall bar)."""
 
     def __init__(self, stream: TextIO, secrets: Secrets = NO_SECRETS, verbose: bool = False,
-                 clock: Clock = time.monotonic, min_interval: float = 0.1) -> None:
+                 clock: Clock = time.monotonic, min_interval: float = 0.1,
+                 columns: Callable[[], int] | None = None) -> None:
         self.stream = stream
         self.secrets = secrets
         self.verbose = verbose
         self.clock = clock
         self.min_interval = min_interval
+        self.columns = columns or (lambda: terminal_columns(stream))
         self.block_lines = 0
         self.last_draw = -1e9
         self.status = "submitting"
@@ -214,25 +273,30 @@ class LiveDisplay:
         if not force and now - self.last_draw < self.min_interval:
             return
         self.last_draw = now
-        lines = [self.status + (f"  [{format_duration(now - self.started_at)}]" if self.started_at else "")]
+        # One column short of the width: a line that fills the last column wraps on many terminals.
+        width = self.columns() - 1
+        clean = [printable(self.secrets.scrub(text)) for text in (self.status, self.node_line)]
+        lines = [fit(clean[0] + (f"  [{format_duration(now - self.started_at)}]" if self.started_at else ""),
+                     width)]
         if self.node_line:
-            lines.append(self.node_line)
+            lines.append(fit(clean[1], width))
         if self.step:
             value, maximum = self.step
             rate = self.meter.rate
             eta = (maximum - value) / rate if rate else None
             rate_text = f"{rate:.2f} it/s" if rate else "-- it/s"
-            lines.append(f"  step    {bar(value, maximum)} {value}/{maximum}  {rate_text}  ETA {format_duration(eta)}")
+            lines.append(bar_line("  step   ", value, maximum,
+                                  f"{value}/{maximum}  {rate_text}  ETA {format_duration(eta)}", width))
         if self.overall and self.overall[1]:
             value, maximum = self.overall
             rate = self.overall_meter.rate or self.meter.rate
             eta = (maximum - value) / rate if rate else None
-            lines.append(f"  overall {bar(value, maximum)} {value}/{maximum}  ETA {format_duration(eta)}")
+            lines.append(bar_line("  overall", value, maximum, f"{value}/{maximum}  ETA {format_duration(eta)}",
+                                  width))
         if self.block_lines:
             self.stream.write(f"\x1b[{self.block_lines}F\x1b[J")
-        width = 200
         for line in lines:
-            self.stream.write(printable(self.secrets.scrub(line))[:width] + "\n")
+            self.stream.write(line + "\n")
         self.block_lines = len(lines)
         self.stream.flush()
 
@@ -298,6 +362,7 @@ class Console:
         self.secrets = secrets
         self.json_mode = json_mode
         self.err = err
+        self.uploads: UploadProgress | None = None
 
     def line(self, text: str) -> None:
         """One line on stderr, scrubbed."""
@@ -309,12 +374,98 @@ class Console:
         if isinstance(event, Notice):
             self.line(f"warning: {event.message}" if event.warning else event.message)
         elif isinstance(event, Upload) and not self.json_mode:
-            self.line(describe(event) or "")
+            if self.uploads is None:
+                self.uploads = UploadProgress(self.err or sys.stderr)
+            self.uploads(event)
         else:
+            if self.uploads is not None:
+                self.uploads.close()
             self.display(event)
 
     def close(self) -> None:
+        if self.uploads is not None:
+            self.uploads.close()
         self.display.close()
+
+
+class UploadProgress:
+    """Dataset upload progress: one redrawn bar on a terminal (files, bytes, rate, ETA); without one, a line
+    every 10 % or 30 s. Files already on the server are counted, not listed. Ends with one summary line."""
+
+    def __init__(self, stream: TextIO, clock: Clock = time.monotonic, *, tty: bool | None = None,
+                 columns: Callable[[], int] | None = None, every: float = 30.0, min_interval: float = 0.1) -> None:
+        self.stream = stream
+        self.clock = clock
+        self.tty = stream.isatty() if tty is None else tty
+        self.columns = columns or (lambda: terminal_columns(stream))
+        self.every = every
+        self.min_interval = min_interval
+        self.started = clock()
+        self.last: Upload | None = None
+        self.skipped = 0
+        self.shown_at = -1e9
+        self.shown_tenth = -1
+        self.drawn = False
+        self.closed = False
+
+    def __call__(self, event: Upload) -> None:
+        self.last = event
+        if event.status == "skipped":
+            self.skipped += 1
+        finished = event.files_done >= event.files_total
+        now = self.clock()
+        if self.tty:
+            if event.bytes_total and (finished or now - self.shown_at >= self.min_interval):
+                self.shown_at = now
+                self.stream.write("\r\x1b[K" + fit(self._status(now), self.columns() - 1))
+                self.drawn = True
+                self.stream.flush()
+        else:
+            tenth = int(10 * event.bytes_done / event.bytes_total) if event.bytes_total else 10
+            if not finished and (tenth > self.shown_tenth or now - self.shown_at >= self.every) and \
+                    event.status == "sent":
+                self.shown_tenth, self.shown_at = tenth, now
+                self.stream.write(self._status(now) + "\n")
+                self.stream.flush()
+        if finished:
+            self.close()
+
+    def _rate(self, now: float) -> float | None:
+        if self.last is None or not self.last.bytes_done or now <= self.started:
+            return None
+        return self.last.bytes_done / (now - self.started)
+
+    def _status(self, now: float) -> str:
+        event = self.last
+        assert event is not None
+        rate = self._rate(now)
+        eta = (event.bytes_total - event.bytes_done) / rate if rate else None
+        tail = (f"{event.files_done}/{event.files_total} files  {human_bytes(event.bytes_done)}/"
+                f"{human_bytes(event.bytes_total)}  {human_bytes(rate) + '/s' if rate else '--/s'}  "
+                f"ETA {format_duration(eta)}")
+        if not self.tty:
+            return f"upload {tail}"
+        return bar_line("upload", event.bytes_done, event.bytes_total, tail, self.columns() - 1)
+
+    def close(self) -> None:
+        """The summary line (once), after the bar."""
+        if self.closed or self.last is None:
+            return
+        self.closed = True
+        event, now = self.last, self.clock()
+        sent = event.files_done - self.skipped
+        if self.tty and self.drawn:
+            self.stream.write("\r\x1b[K")
+        if sent == 0:
+            line = f"dataset already on the server ({event.files_done} of {event.files_total} files checked)"
+        else:
+            line = (f"uploaded {sent} files ({human_bytes(event.bytes_done)}) in "
+                    f"{format_duration(now - self.started)}"
+                    + (f"; {self.skipped} already there" if self.skipped else ""))
+            if event.files_done < event.files_total:
+                line = f"upload stopped after {event.files_done} of {event.files_total} files: " + line
+        self.stream.write(line + "\n")
+        self.stream.flush()
 
 
 def make_console(json_mode: bool, secrets: Secrets = NO_SECRETS, verbose: bool = False,
