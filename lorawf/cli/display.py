@@ -62,10 +62,13 @@ BAR_MAX, BAR_MIN = 28, 8
 def terminal_columns(stream: TextIO) -> int:
     """The width of the terminal behind ``stream``, asked afresh (so a resize counts at the next redraw)."""
     try:
-        return max(20, os.get_terminal_size(stream.fileno()).columns)
+        columns = os.get_terminal_size(stream.fileno()).columns
     except (AttributeError, OSError, ValueError):
+        columns = 0
+    if columns <= 0:  # not a terminal, or one that does not know its size (a fresh pty says 0)
         raw = os.environ.get("COLUMNS", "")
-        return max(20, int(raw)) if raw.isdigit() else FALLBACK_COLUMNS
+        columns = int(raw) if raw.isdigit() else FALLBACK_COLUMNS
+    return max(20, columns)
 
 
 def _cells(char: str) -> int:
