@@ -38,8 +38,16 @@ class Process:
                                      env=env, cwd=tmp, stdin=subprocess.DEVNULL)
         self.events: list[dict[str, Any]] = []
         self.stdout_lines: list[str] = []
+        self.stderr_chunks: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        self._err_reader = threading.Thread(target=self._read_err, daemon=True)
+        self._err_reader.start()
+
+    def _read_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_chunks.append(line)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -58,16 +66,18 @@ class Process:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)
-        err = self.proc.stderr.read() if self.proc.stderr and self.proc.poll() is not None else ""
+        err = "".join(self.stderr_chunks)
         raise AssertionError(f"never saw {what}; exit {self.proc.poll()}; stderr: {err[-2000:]}")
 
     def interrupt(self) -> None:
         self.proc.send_signal(signal.SIGINT)
 
     def finish(self, timeout: float = 60.0) -> tuple[int, str]:
-        _, err = self.proc.communicate(timeout=timeout)
-        self._reader.join(5)
-        return self.proc.returncode, err
+        """Wait for the exit; the reader threads keep the pipes (communicate() would race them for stdout)."""
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(10)
+        self._err_reader.join(10)
+        return code, "".join(self.stderr_chunks)
 
     def progress(self, value: int) -> bool:
         return any(e.get("event") == "progress" and (e.get("overall_value") or 0) >= value for e in self.events)

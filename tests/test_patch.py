@@ -212,13 +212,25 @@ def test_template_errors_name_the_role(template: dict[str, Any]) -> None:
         patch_workflow(no_end, plan, opts, SCHEMAS)
 
 
-def test_and_validate_loop_is_refused(template: dict[str, Any]) -> None:
+def test_and_validate_loop_is_rewritten_into_the_exact_chain(template: dict[str, Any]) -> None:
     wf = {k: v for k, v in template.items() if int(k) < 1000 and v["class_type"] != "FluxTrainEnd"}
     wf["500"] = {"class_type": "FluxTrainAndValidateLoop",
-                 "inputs": {"network_trainer": ["105", 0], "validate_at_steps": 250, "save_at_steps": 250}}
+                 "inputs": {"network_trainer": ["105", 0], "validate_at_steps": 250, "save_at_steps": 250,
+                            "validation_settings": ["106", 0]}}
     wf["900"] = {"class_type": "FluxTrainEnd", "inputs": {"network_trainer": ["500", 0], "save_state": False}}
-    with pytest.raises(TemplateError, match="overshoots"):
-        patch_workflow(wf, plan_training(43), PatchOptions(token="ink"), SCHEMAS)
+    wf["901"] = {"class_type": "PreviewAny", "inputs": {"source": ["900", 2]}}
+    plan = plan_training(43)
+    result = patch_workflow(wf, plan, PatchOptions(token="ink"), SCHEMAS)
+    out = result.workflow
+    assert not of_class(out, "FluxTrainAndValidateLoop")
+    assert training_steps(out, SCHEMAS) == (1720, list(plan.loop_steps))
+    assert len(of_class(out, "FluxTrainSave")) == len(plan.checkpoint_steps)
+    validates = of_class(out, "FluxTrainValidate")
+    assert len(validates) == len(plan.checkpoint_steps)
+    assert all(v["inputs"]["validation_settings"] == ["106", 0] for v in validates)  # the same settings
+    assert validate_prompt(out, SCHEMAS).ok
+    (note,) = [n for n in result.notes if "FluxTrainAndValidateLoop" in n]
+    assert "rewritten into FluxTrainLoop -> FluxTrainSave -> FluxTrainValidate" in note and "node 106" in note
 
 
 def test_only_declared_inputs_are_written(template: dict[str, Any]) -> None:

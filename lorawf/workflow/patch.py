@@ -37,6 +37,7 @@ SAVE = "FluxTrainSave"
 VALIDATE = "FluxTrainValidate"
 END = "FluxTrainEnd"
 INIT = "InitFluxLoRATraining"
+AND_VALIDATE = "FluxTrainAndValidateLoop"
 BLOCK_SLOTS = 10  # ids per generated block: base + 10 * block + slot
 
 # Inputs the plan owns: ``--set`` on them would desynchronise the plan from the chain, so it names the option.
@@ -72,10 +73,17 @@ class PatchOptions:
 
 @dataclass(frozen=True)
 class Block:
-    """One checkpoint block of the training chain: its trainer-chain nodes and their side nodes."""
+    """One checkpoint block of the training chain: its trainer-chain nodes and their side nodes.
+
+    ``side`` nodes belong to the block (they show or save what its Save/Validate produced: a checkpoint path
+    preview, a validation image saver) and are copied into every generated block. ``attached`` nodes only
+    hang off it (a loss plot of the trainer, a display of the loop's step count): they stay once, linked to the
+    corresponding node of the regenerated chain.
+    """
 
     chain: tuple[str, ...]  # FluxTrainLoop first, then Save / Validate ... in chain order
-    side: tuple[str, ...]  # nodes hanging off the chain nodes (path previews, image savers)
+    side: tuple[str, ...]
+    attached: tuple[str, ...] = ()
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -98,10 +106,16 @@ class Roles:
 
 @dataclass(frozen=True)
 class PatchResult:
-    """The patched workflow and the JSON Patch that turns the template into it."""
+    """The patched workflow and the JSON Patch that turns the template into it.
+
+    ``notes`` say what the patcher did beyond writing values (a template shape rewritten, no validation);
+    ``unchecked`` names the nodes whose class has no schema here, so nothing checked their inputs.
+    """
 
     workflow: Workflow
     operations: list[dict[str, Any]] = field(default_factory=list)
+    notes: tuple[str, ...] = ()
+    unchecked: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- token
@@ -243,6 +257,8 @@ def find_roles(workflow: Workflow, schemas: SchemaSet) -> Roles:
     while True:
         nexts = []
         for cid, _name, slot in consumers[cursor]:
+            if workflow[cid].get("class_type") not in schemas:
+                continue  # a node of another pack is never part of the trainer chain: it stays as it is
             cschema = _schema(schemas, workflow, cid)
             src_schema = _schema(schemas, workflow, cursor)
             if slot < len(src_schema.output_types) and src_schema.output_types[slot] == TRAINER_TYPE and (
@@ -257,10 +273,10 @@ def find_roles(workflow: Workflow, schemas: SchemaSet) -> Roles:
                 f"network_trainer from {_label(workflow, cursor)}; ComfyUI would run them in no guaranteed order"
             )
         cursor = nexts[0]
-        if workflow[cursor]["class_type"] == "FluxTrainAndValidateLoop":
+        if workflow[cursor]["class_type"] == AND_VALIDATE:
             raise TemplateError(
                 f"{_label(workflow, cursor)}: FluxTrainAndValidateLoop overshoots when the total is not a multiple "
-                "of its interval; lorawf needs a FluxTrainLoop -> FluxTrainSave chain"
+                "of its interval; lorawf needs a FluxTrainLoop -> FluxTrainSave chain (patch_workflow rewrites it)"
             )
         chain.append(cursor)
         if workflow[cursor]["class_type"] == END:
@@ -278,16 +294,98 @@ def find_roles(workflow: Workflow, schemas: SchemaSet) -> Roles:
     for index, start in enumerate(loops):
         stop = loops[index + 1] if index + 1 < len(loops) else len(chain)
         members = chain[start:stop]
-        side: list[str] = []
+        downstream: list[str] = []
         frontier = list(members)
         while frontier:  # every node downstream of the block's chain nodes that is not itself in the chain
             nid = frontier.pop(0)
             for cid, _name, _slot in consumers[nid]:
-                if cid not in chain_set and cid not in side:
-                    side.append(cid)
+                if cid not in chain_set and cid not in downstream:
+                    downstream.append(cid)
                     frontier.append(cid)
-        blocks.append(Block(tuple(members), tuple(side)))
+        side = _belonging(workflow, schemas, members, downstream)
+        attached = tuple(n for n in downstream if n not in side)
+        blocks.append(Block(tuple(members), side, attached))
     return Roles(init, general, tuple(adds), optimizer, prompts, prefix, tuple(blocks), end)
+
+
+def _belonging(workflow: Workflow, schemas: SchemaSet, members: list[str], downstream: list[str]) -> tuple[str, ...]:
+    """The downstream nodes that show or save what the block's Save/Validate produced (not the trainer state):
+    they are per checkpoint. A node fed by one of them belongs too."""
+    products = {m for m in members if workflow[m]["class_type"] in (SAVE, VALIDATE)}
+    belongs: list[str] = []
+    changed = True
+    while changed:
+        changed = False
+        for nid in downstream:
+            if nid in belongs:
+                continue
+            for value in (workflow[nid].get("inputs") or {}).values():
+                if not is_link(value):
+                    continue
+                source, slot = str(value[0]), int(value[1])
+                if source in belongs or (source in products and _output_type(workflow, schemas, source, slot)
+                                         != TRAINER_TYPE):
+                    belongs.append(nid)
+                    changed = True
+                    break
+    return tuple(n for n in downstream if n in belongs)
+
+
+def _output_type(workflow: Workflow, schemas: SchemaSet, node_id: str, slot: int) -> str | None:
+    types = _schema(schemas, workflow, node_id).output_types
+    return types[slot] if 0 <= slot < len(types) else None
+
+
+# --------------------------------------------------------------------------- template shapes
+
+
+def _fresh_ids(workflow: Workflow, count: int) -> list[str]:
+    numeric = [int(n) for n in workflow if n.isdigit()]
+    first = max(numeric, default=0) + 1
+    return [str(first + i) for i in range(count)]
+
+
+def expand_train_and_validate(workflow: Workflow) -> list[str]:
+    """Rewrite each ``FluxTrainAndValidateLoop`` in place into one ``FluxTrainLoop -> FluxTrainSave ->
+    FluxTrainValidate`` block (with a checkpoint-path preview and a validation-image saver) that uses the same
+    validation settings; the chain rebuild then repeats it per checkpoint. Returns one note per rewrite.
+
+    The node overshoots whenever the total is not a multiple of its interval (docs/fluxtrainer.md §4.3); the
+    block chain trains the plan exactly and checkpoints at every multiple of the plan's interval.
+    """
+    notes: list[str] = []
+    for nid in [n for n, node in workflow.items() if node.get("class_type") == AND_VALIDATE]:
+        node = workflow[nid]
+        inputs = node.get("inputs") or {}
+        trainer = inputs.get("network_trainer")
+        settings = inputs.get("validation_settings")
+        label = _label(workflow, nid)
+        save, validate, preview, images = _fresh_ids(workflow, 4)
+        workflow[nid] = {"inputs": {"network_trainer": trainer, "steps": int(inputs.get("save_at_steps") or 250)},
+                         "class_type": LOOP, "_meta": {"title": "Train steps"}}
+        workflow[save] = {"inputs": {"network_trainer": [nid, 0], "save_state": False,
+                                     "copy_to_comfy_lora_folder": False},
+                          "class_type": SAVE, "_meta": {"title": "Save LoRA checkpoint"}}
+        workflow[validate] = {"inputs": {"network_trainer": [save, 0],
+                                         **({"validation_settings": settings} if is_link(settings) else {})},
+                              "class_type": VALIDATE, "_meta": {"title": "Validation images"}}
+        workflow[preview] = {"inputs": {"source": [save, 1]}, "class_type": "PreviewAny",
+                             "_meta": {"title": "Checkpoint path"}}
+        workflow[images] = {"inputs": {"images": [validate, 1], "filename_prefix": "validation"},
+                            "class_type": "SaveImage", "_meta": {"title": "Save validation images"}}
+        for other, spec in workflow.items():
+            if other in (nid, save, validate, preview, images):
+                continue
+            for name, value in (spec.get("inputs") or {}).items():
+                if is_link(value) and value[0] == nid and int(value[1]) == 0:
+                    spec["inputs"][name] = [validate, 0]  # the trainer now comes out of the block's end
+        source = f"the settings of node {settings[0]}" if isinstance(settings, list) and is_link(settings) \
+            else "FluxTrainer's default settings"
+        notes.append(
+            f"{label}: rewritten into FluxTrainLoop -> FluxTrainSave -> FluxTrainValidate blocks, one per "
+            f"checkpoint of the plan (instead of save_at_steps {inputs.get('save_at_steps')} / validate_at_steps "
+            f"{inputs.get('validate_at_steps')}), validating with {source}")
+    return notes
 
 
 # --------------------------------------------------------------------------- writing values
@@ -332,12 +430,14 @@ def _rebuild_chain(workflow: Workflow, roles: Roles, plan: TrainingPlan, image_p
         )
     proto_nodes = {nid: copy.deepcopy(workflow[nid]) for nid in prototype.nodes}
     old = {nid for block in roles.blocks for nid in block.nodes}
+    classes = {nid: str(workflow[nid]["class_type"]) for nid in old}
     for nid in old:
         del workflow[nid]
     numeric = [int(n) for n in workflow if n.isdigit()]
     base = 1000 if not numeric or max(numeric) < 1000 else (max(numeric) // 1000 + 1) * 1000
 
     new_ids: list[str] = []
+    mappings: list[dict[str, str]] = []
     previous = roles.prefix[-1] if roles.prefix else roles.init
     count = len(plan.checkpoint_steps)
     start = 0
@@ -360,8 +460,43 @@ def _rebuild_chain(workflow: Workflow, roles: Roles, plan: TrainingPlan, image_p
             new_ids.append(mapping[old_id])
         previous = mapping[prototype.chain[-1]]
         start = end_step
+        mappings.append(mapping)
     workflow[roles.end].setdefault("inputs", {})["network_trainer"] = [previous, 0]
+    _relink_attached(workflow, roles, classes, mappings)
     return new_ids
+
+
+def _relink_attached(workflow: Workflow, roles: Roles, classes: dict[str, str],
+                     mappings: list[dict[str, str]]) -> None:
+    """Nodes that only hang off a template block stay once, linked to the corresponding node of the new chain:
+    the first template block's to the first new block, the last one's to the last, the others in proportion."""
+    count, blocks = len(mappings), roles.blocks
+    for index, block in enumerate(blocks):
+        target = count - 1 if len(blocks) == 1 else round(index * (count - 1) / (len(blocks) - 1))
+        for nid in block.attached:
+            for name, value in list((workflow[nid].get("inputs") or {}).items()):
+                if is_link(value) and value[0] not in workflow:
+                    source = _counterpart(str(value[0]), block, blocks[0], classes, mappings[target])
+                    if source is None:
+                        raise TemplateError(
+                            f"{_label(workflow, nid)}: input {name} hangs off node {value[0]} of a template block "
+                            "with no counterpart in the first block, which every generated block copies; move "
+                            "it to the first block or to FluxTrainEnd")
+                    workflow[nid]["inputs"][name] = [source, value[1]]
+
+
+def _counterpart(old: str, block: Block, prototype: Block, classes: dict[str, str],
+                 mapping: dict[str, str]) -> str | None:
+    """The new node standing where ``old`` (a chain node of ``block``, now deleted) stood: same class, same
+    place among the nodes of that class."""
+    if old in mapping:
+        return mapping[old]
+    if old not in block.chain:
+        return None
+    cls = classes[old]
+    position = [n for n in block.chain if classes[n] == cls].index(old)
+    candidates = [n for n in prototype.chain if classes[n] == cls]
+    return mapping[candidates[position]] if position < len(candidates) else None
 
 
 # --------------------------------------------------------------------------- --set
@@ -488,9 +623,14 @@ def patch_workflow(
 ) -> PatchResult:
     """Fill ``plan`` and ``options`` into ``template``; return the patched workflow and the JSON Patch applied."""
     token = validate_token(options.token)
-    roles = find_roles(template, schemas)
+    _check_shape(template)
     target: Workflow = copy.deepcopy(template)
+    notes = expand_train_and_validate(target)
+    roles = find_roles(target, schemas)
     init = roles.init
+    if not any(target[n]["class_type"] == VALIDATE for n in roles.blocks[0].chain):
+        notes.append("the template has no FluxTrainValidate in its training block: the run writes no validation "
+                     "images, and the contact sheet has no columns")
 
     output_name = options.output_name
     if output_name is not None:
@@ -549,7 +689,12 @@ def patch_workflow(
             f"{_label(target, prompts_node)}: input {prompts_input} has no {PLACEHOLDER} placeholder; "
             "patch the template, not an already patched workflow"
         )
-    target[prompts_node]["inputs"][prompts_input] = _substitute(prompts, token)
+    substituted = _substitute(prompts, token)
+    if substituted.count(" --") != prompts.count(" --"):
+        # kohya reads ' --' in a sample prompt as the start of an option (--w, --n ...): the token would vanish
+        raise TokenError(f"--token {token!r}: in the validation prompts of {_label(target, prompts_node)} it makes "
+                         "' --', which kohya reads as a prompt option; choose a token that does not start with '-'")
+    target[prompts_node]["inputs"][prompts_input] = substituted
 
     image_prefix = (options.image_prefix or output_name).strip("/")
     if not image_prefix or "\\" in image_prefix or ".." in image_prefix.split("/"):
@@ -559,10 +704,24 @@ def patch_workflow(
         if node["class_type"] in (SAVE, END) and "save_state" in _schema(schemas, target, nid).inputs:
             node["inputs"]["save_state"] = False  # FluxTrainEnd defaults to true: a multi-GB state folder
     apply_sets(target, schemas, options.sets)
+    _substitute_everywhere(target, token)
 
     operations = diff_workflows(template, target)
     patched = jsonpatch.apply_patch(template, operations, in_place=False)
-    return PatchResult(patched, operations)
+    unchecked = tuple(_label(patched, nid) for nid, node in patched.items() if node["class_type"] not in schemas)
+    return PatchResult(patched, operations, tuple(notes), unchecked)
+
+
+def _substitute_everywhere(workflow: Workflow, token: str) -> None:
+    """No placeholder survives: titles and every other text input (a filename prefix, a note) get the token."""
+    for node in workflow.values():
+        inputs = node.get("inputs") or {}
+        for name, value in inputs.items():
+            if isinstance(value, str) and PLACEHOLDER in value:
+                inputs[name] = _substitute(value, token)
+        meta = node.get("_meta")
+        if isinstance(meta, dict) and isinstance(meta.get("title"), str) and PLACEHOLDER in meta["title"]:
+            meta["title"] = _substitute(meta["title"], token)
 
 
 def training_steps(workflow: Workflow, schemas: SchemaSet) -> tuple[int, list[int]]:
