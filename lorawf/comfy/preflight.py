@@ -505,7 +505,43 @@ def preflight(workflow: Any, schemas: SchemaSet) -> list[Problem]:
                 problems.extend(p for p in _cycles(ctx) if p not in problems)
     problems.extend(_undeclared_inputs(ctx))
     problems.extend(_training_problems(ctx))
+    problems.extend(_file_name_problems(ctx))
     return _dedupe(problems)
+
+
+#: The longest file name most file systems take, in bytes.
+MAX_FILE_NAME = 255
+
+
+def longest_trainer_file_name(output_name: str, network_dim: object, save_dtype: object, steps: int) -> str:
+    """The longest name FluxTrainer writes from ``output_name``: the state folder of the last step checkpoint,
+    ``<name>_rank<dim>_<dtype>-step<NNNNN>-state`` (docs/fluxtrainer.md §5.2)."""
+    return f"{output_name}_rank{network_dim}_{save_dtype}-step{steps:05d}-state"
+
+
+def _file_name_problems(ctx: _Ctx) -> list[Problem]:
+    """An output_name whose checkpoint names do not fit the file system: the server accepts the prompt, trains a
+    whole block and then fails in FluxTrainSave with 'File name too long'."""
+    problems: list[Problem] = []
+    for nid, node in ctx.workflow.items():
+        schema = ctx.schema(nid)
+        inputs = node.get("inputs", {}) if isinstance(node, Mapping) else {}
+        name = inputs.get("output_name")
+        if schema is None or "output_name" not in schema.inputs or "NETWORKTRAINER" not in schema.output_types \
+                or not isinstance(name, str):
+            continue
+        steps = _int_literal(inputs.get("max_train_steps")) or 0
+        longest = longest_trainer_file_name(name, inputs.get("network_dim", 16), inputs.get("save_dtype", "bf16"),
+                                            steps)
+        size = len(longest.encode("utf-8"))
+        if size > MAX_FILE_NAME:
+            problems.append(ctx.problem(
+                nid, "file_name_too_long",
+                f"FluxTrainer would write {size}-byte file names from it ({MAX_FILE_NAME} is the limit), so the "
+                "first checkpoint would fail with 'File name too long'",
+                input="output_name", value=name,
+                fix=f"shorten output_name by {size - MAX_FILE_NAME} bytes or more"))
+    return problems
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

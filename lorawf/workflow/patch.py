@@ -24,6 +24,7 @@ from typing import Any
 import jsonpatch
 
 from lorawf.comfy.graph import is_link
+from lorawf.comfy.preflight import MAX_FILE_NAME, longest_trainer_file_name
 from lorawf.comfy.schema import InputSpec, NodeSchema, SchemaSet
 from lorawf.errors import OverrideError, TemplateError, TokenError
 from lorawf.safepaths import file_stem
@@ -640,6 +641,13 @@ def patch_workflow(
     else:
         output_name = str(target[init]["inputs"].get("output_name") or "flux_lora")
     output_name = _substitute(output_name, file_stem(token))
+    longest = longest_trainer_file_name(output_name, plan.network_dim, target[init]["inputs"].get("save_dtype", "bf16"),
+                                        plan.max_train_steps)
+    if len(longest.encode("utf-8")) > MAX_FILE_NAME:
+        origin = "--output-name" if options.output_name is not None else f"output_name (from --token {token[:20]!r}…)"
+        raise OverrideError(
+            f"{origin}: {len(output_name)} characters; FluxTrainer would write {len(longest.encode('utf-8'))}-byte "
+            f"file names from it (the limit is {MAX_FILE_NAME}); give a shorter --output-name")
 
     _set(target, schemas, init, "max_train_steps", plan.max_train_steps)
     _set(target, schemas, init, "learning_rate", plan.learning_rate)
