@@ -170,6 +170,7 @@ async def run(settings: ServerSettings, request: RunRequest, reporter: Reporter,
 
 async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter, options: FollowOptions) -> Path:
     from lorawf.comfy.folders import learn_folders
+    from lorawf.comfy.schema import bundled_schemas
     from lorawf.fsutil import atomic_write_text
     from lorawf.net.http import ComfyClient
     from lorawf.net.schema_cache import load_server_schemas
@@ -224,13 +225,21 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
             subfolder = f"lorawf/datasets/{file_stem(request.token)}-{images}img-{dataset_digest(files)}"
             dataset_path = f"{folders.input_dir}/{subfolder}"
         assert dataset_path is not None
+        # the server's own schemas check every node of the template, other packs' included
+        server_schemas = await load_server_schemas(client, system_stats=stats) if request.preflight else None
         built = build_workflow(images, _patch_options(request, dataset_path, folders.output_dir, name),
-                               request.overrides, request.template)
+                               request.overrides, request.template,
+                               bundled_schemas().merged(server_schemas) if server_schemas is not None else None)
         reporter(Notice(None, f"plan: {built.plan.max_train_steps} steps, checkpoints at "
                               f"{', '.join(map(str, built.plan.checkpoint_steps))}"))
         for advice in built.plan.advice:
             if advice.severity != "info":
                 reporter(Notice(None, advice.message, warning=True))
+        for note in built.patch.notes:
+            reporter(Notice(None, f"template: {note}"))
+        if built.patch.unchecked:
+            reporter(Notice(None, "not checked (no node schema; run with preflight to check them against the "
+                                  f"server): {', '.join(built.patch.unchecked)}", warning=True))
 
         # 4. the run folder, with run.json from the first moment
         run_dir = request.download_root / name
@@ -246,7 +255,7 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
             # 5. preflight before the upload: a workflow the server would refuse costs no transfer
             if request.preflight:
                 await gate_workflow(client, built.patch.workflow, f"{run_dir / 'workflow.json'}", reporter,
-                                    await load_server_schemas(client, system_stats=stats))
+                                    server_schemas)
             # 6. the dataset, on the server
             if request.upload:
                 from lorawf.net.upload import upload_dataset
