@@ -418,7 +418,8 @@ def _block_title(cls: str, prototype_title: str, start: int, end: int, index: in
         return f"Save LoRA checkpoint @ step {end}"
     if cls == VALIDATE:
         return f"Validation images @ step {end}"
-    base = re.sub(r"\s*@ step \d+$", "", prototype_title) or cls
+    # the prototype's own step number goes ("checkpoint @ 600", "preview step 250"): each block gets its own
+    base = re.sub(r"\s*(@\s*)?(step\s*)?\d+$", "", prototype_title, flags=re.IGNORECASE) or cls
     return f"{base} @ step {end}"
 
 
