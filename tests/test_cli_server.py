@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
-import select
 import signal
 import subprocess
 import sys
@@ -20,6 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.terminal import run_on_terminal
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-c", "from lorawf.cli import main; main()"]
@@ -98,27 +98,9 @@ def test_submit_plain_log_lines_without_terminal(comfy_server: Any, tmp_path: Pa
 
 
 def test_submit_live_display_on_a_terminal(comfy_server: Any, tmp_path: Path) -> None:
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([*CLI, "submit", str(workflow_file(tmp_path, 20)), "--server", comfy_server.url],
-                            stdout=slave, stderr=slave, stdin=subprocess.DEVNULL, env=env(), cwd=REPO)
-    os.close(slave)
-    chunks = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    assert proc.wait(timeout=30) == 0
-    screen = b"".join(chunks).decode("utf-8", "replace")
+    code, screen = run_on_terminal([*CLI, "submit", str(workflow_file(tmp_path, 20)), "--server", comfy_server.url],
+                                   env(), REPO)
+    assert code == 0
     assert "▶ node 1 Slow steps" in screen and "█" in screen and "it/s" in screen and "ETA" in screen
     assert "✔ prompt" in screen
 

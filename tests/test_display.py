@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import fcntl
 import io
 import os
-import pty
 import re
-import select
-import struct
-import subprocess
 import sys
-import termios
-import time
 from pathlib import Path
 from typing import Any
 
 from lorawf.cli.display import LiveDisplay, UploadProgress, cells, fit
 from lorawf.comfy.events import Executing, Progress, Queued, Started, Upload
+from tests.terminal import run_on_terminal
 
 REPO = Path(__file__).resolve().parent.parent
 CSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -109,40 +103,16 @@ def test_a_dataset_already_on_the_server_is_one_line() -> None:
     assert CSI.sub("", out.getvalue()).strip("\r") == "dataset already on the server (86 of 86 files checked)\n"
 
 
-def _set_size(fd: int, rows: int, cols: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
 def test_a_real_50_column_terminal(comfy_server: Any, tmp_path: Path) -> None:
     workflow = tmp_path / "wf.json"
     workflow.write_text('{"1": {"class_type": "AcceptSlowSteps", "inputs": {"steps": 30, "delay": 0.03, '
                         '"text": "x"}}, "2": {"class_type": "AcceptSaveText", "inputs": '
                         '{"text": ["1", 0], "filename_prefix": "p"}}}')
-    master, slave = pty.openpty()
-    _set_size(slave, 24, 50)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAWF_") and k != "COLUMNS"}
     env.update({"PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path / "cache"), "LORAWF_POLL_INTERVAL": "0.3"})
-    proc = subprocess.Popen([sys.executable, "-c", "from lorawf.cli import main; main()", "submit", str(workflow),
-                             "--server", comfy_server.url], stdout=slave, stderr=slave, stdin=subprocess.DEVNULL,
-                            env=env, cwd=tmp_path)
-    os.close(slave)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.2)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    assert proc.wait(timeout=30) == 0
-    screen = b"".join(chunks).decode("utf-8", "replace")
+    code, screen = run_on_terminal([sys.executable, "-c", "from lorawf.cli import main; main()", "submit",
+                                    str(workflow), "--server", comfy_server.url], env, tmp_path, columns=50)
+    assert code == 0
     assert "step" in screen and "ETA" in screen
     lines = screen_lines(screen)
     block = [line for line in lines if line.startswith(("running ", "queued ", "▶", "  step", "  overall"))]

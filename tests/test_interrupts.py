@@ -122,6 +122,14 @@ def ours_in_queue(server: Any, prompt_id: str) -> bool:
     return any(item[1] == prompt_id for key in ("queue_running", "queue_pending") for item in queue[key])
 
 
+def start_run_on_server_dataset(server: Any, tmp: Path, out: Path) -> Process:
+    """`lorawf run --json` of the example dataset, already in the server's dataset folder (no upload)."""
+    dataset = server.root / "dataset" / "ink"
+    shutil.copytree(DATASET, dataset)
+    return Process(["run", "--images", "30", "--token", "ink", "--server", server.url,
+                    "--server-dataset-path", str(dataset), "--download", str(out), "--json"], tmp)
+
+
 def test_ctrl_c_during_the_upload(comfy_server_factory: Any, tmp_path: Path) -> None:
     server = comfy_server_factory(step_delay=0.0002)
     server.control("stall", route="/upload/image", method="POST", seconds=30, count=1)
@@ -143,13 +151,10 @@ def test_ctrl_c_during_the_upload(comfy_server_factory: Any, tmp_path: Path) -> 
 def test_ctrl_c_twice_during_training_still_interrupts_our_prompt(comfy_server_factory: Any,
                                                                   tmp_path: Path) -> None:
     server = comfy_server_factory(step_delay=0.005)
-    dataset = server.root / "dataset" / "ink"
-    shutil.copytree(DATASET, dataset)
     # the cancel's own request is slow, so the second Ctrl-C lands in the middle of it
     server.control("stall", route="/interrupt", method="POST", seconds=1.5, count=1)
     out = tmp_path / "runs"
-    process = Process(["run", "--images", "30", "--token", "ink", "--server", server.url,
-                       "--server-dataset-path", str(dataset), "--download", str(out), "--json"], tmp_path)
+    process = start_run_on_server_dataset(server, tmp_path, out)
     process.wait_for("training progress", lambda: process.progress(300))
     process.interrupt()
     process.wait_for("the cancel request", lambda: requests_to(server, "POST", "/interrupt") >= 1)
@@ -170,12 +175,9 @@ def test_ctrl_c_twice_during_training_still_interrupts_our_prompt(comfy_server_f
 def test_ctrl_c_during_the_downloads_then_resume_finishes_them(comfy_server_factory: Any,
                                                                tmp_path: Path) -> None:
     server = comfy_server_factory(step_delay=0.0002)
-    dataset = server.root / "dataset" / "ink"
-    shutil.copytree(DATASET, dataset)
     server.control("stall", route="/view", method="GET", seconds=30, count=1)
     out = tmp_path / "runs"
-    process = Process(["run", "--images", "30", "--token", "ink", "--server", server.url,
-                       "--server-dataset-path", str(dataset), "--download", str(out), "--json"], tmp_path)
+    process = start_run_on_server_dataset(server, tmp_path, out)
     process.wait_for("the first download", lambda: requests_to(server, "GET", "/view") >= 1)
     process.interrupt()
     code, err = process.finish(timeout=30)
