@@ -4,6 +4,8 @@ It is a real aiohttp process on 127.0.0.1 (``python -m tests.comfy_server --port
 that answers like the recorded server in ``fixtures/transcripts``: the same routes (bare and under
 ``/api``), the same websocket messages in the same order, the same error bodies. Nodes are
 simulated (no GPU): the ``accept_nodes`` test pack, a few core nodes and the FluxTrainer LoRA chain.
+It also answers the routes the web UI calls (settings, users, userdata, extensions, i18n, ...) and, given
+``--frontend DIR``, serves a built ComfyUI frontend at ``/`` (:mod:`tests.comfy_server.frontend`).
 
 Routes under ``/__test__/`` are not part of ComfyUI: they inject faults and change settings
 (see :mod:`tests.comfy_server.faults`). Pytest fixtures live in :mod:`tests.comfy_server.plugin`.

@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--tls-certfile", default=None, help="serve https/wss with this certificate (as ComfyUI does)")
     p.add_argument("--tls-keyfile", default=None, help="the certificate's private key")
+    p.add_argument("--frontend", default=None, metavar="DIR",
+                   help="serve this built ComfyUI frontend (its web root, with index.html) at /")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 
@@ -56,6 +58,7 @@ async def serve(args: argparse.Namespace) -> None:
         max_upload_size=args.max_upload_size,
         auth=auth,
         step_delay=args.step_delay,
+        frontend_dir=Path(args.frontend) if args.frontend else None,
     )
     state.paths.create(args.models)
     app = make_app(state)

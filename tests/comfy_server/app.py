@@ -91,10 +91,13 @@ class ServerState:
         auth: tuple[str, str] | None = None,
         step_delay: float = 0.001,
         nodes: dict[str, NodeFunc] | None = None,
+        frontend_dir: Path | None = None,
     ) -> None:
         from tests.comfy_server.nodes import CORE_NODES
 
         self.paths = ComfyPaths(root)
+        # the web root (``--front-end-root``): the built ComfyUI frontend, served at ``/``
+        self.frontend_dir = None if frontend_dir is None else os.path.abspath(frontend_dir)
         self.nodes: dict[str, NodeFunc] = dict(CORE_NODES)
         try:
             from tests.comfy_server.flux_nodes import FLUX_NODES
@@ -440,7 +443,9 @@ def make_middlewares(state: ServerState) -> list[Any]:
             return web.Response()
         return await handler(request)
 
-    return [test_hooks, origin_only_middleware]
+    from tests.comfy_server.frontend import cache_control
+
+    return [test_hooks, cache_control, origin_only_middleware]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -817,6 +822,9 @@ def make_app(state: ServerState) -> web.Application:
         return web.json_response([e.name for e in entries], status=200)
 
     max_size = round(state.max_upload_size * 1024 * 1024)
+    from tests.comfy_server import frontend
+
+    frontend.add_routes(routes, paths, state.frontend_dir)
     app = web.Application(client_max_size=max_size, middlewares=make_middlewares(state))
     api_routes = web.RouteTableDef()
     for route in routes:
@@ -826,6 +834,8 @@ def make_app(state: ServerState) -> web.Application:
     app.add_routes(api_routes)
     app.add_routes(internal)
     app.add_routes(test_routes)
+    if state.frontend_dir is not None:
+        frontend.add_static(app, state.frontend_dir)
     return app
 
 

@@ -9,7 +9,9 @@
   which make ``InitFluxLoRATraining`` fail as recorded);
 * ``max_upload_size=<MB>`` like ComfyUI's ``--max-upload-size``; ``step_delay=<s>`` per training step;
 * ``tls=(cert, key)`` serves https/wss (ComfyUI's ``--tls-certfile``/``--tls-keyfile``);
-* ``root=<Path>`` to reuse a ComfyUI folder (e.g. to "restart" on the same files).
+* ``root=<Path>`` to reuse a ComfyUI folder (e.g. to "restart" on the same files);
+* ``frontend_dir=<Path>`` serves that built ComfyUI frontend (a web root with ``index.html``) at ``/``,
+  as ComfyUI does with ``--front-end-root`` (see :mod:`tests.comfy_server.frontend`).
 
 The handle (:class:`ComfyServer`) offers ``.url``, ``.ws_url``, ``.port``, ``.root``,
 ``.control(kind, **params)``, ``.requests()``, ``.clear_requests()``, ``.state()``, ``.stop()``.
@@ -138,6 +140,8 @@ def start_server(root: Path, log_dir: Path | None = None, **options: Any) -> Com
     tls = options.get("tls")  # (certificate, key) paths: serve https/wss
     if tls is not None:
         args += ["--tls-certfile", str(tls[0]), "--tls-keyfile", str(tls[1])]
+    if options.get("frontend_dir") is not None:
+        args += ["--frontend", str(options["frontend_dir"])]
     unknown = set(options) - {
         "auth_token",
         "auth_value",
@@ -147,6 +151,7 @@ def start_server(root: Path, log_dir: Path | None = None, **options: Any) -> Com
         "max_upload_size",
         "step_delay",
         "tls",
+        "frontend_dir",
     }
     if unknown:
         raise TypeError(f"unknown comfy server options: {sorted(unknown)}")
