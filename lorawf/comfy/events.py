@@ -6,7 +6,7 @@ parsed binary frame headers, ``/queue`` snapshots and ``/history`` entries for o
 bytes into it, and the display only renders what comes out, so the whole protocol logic is testable by
 feeding recorded transcripts.
 
-Every event serialises to one JSON object with the stable schema ``lorawf.event/1`` (see docs/submit.md).
+Every event serialises to one JSON object with the stable schema ``lorawf.event/1`` (see README.md, "NDJSON events").
 """
 
 from __future__ import annotations
@@ -347,7 +347,10 @@ def first_line(text: str) -> str:
 
 @dataclass(frozen=True)
 class BinaryFrame:
-    """Header of a binary websocket frame (§2.5). ``payload`` is the image or text after the header."""
+    """Header of a binary websocket frame (docs/protocol.md §2.5).
+
+    ``payload`` is the image or text after the header.
+    """
 
     event_type: int
     image_type: str | None = None
@@ -473,7 +476,8 @@ class RunState:
             return []
         pid = data.get("prompt_id")
         if mtype == "executing" and "prompt_id" not in data:
-            # The reconnect greeting (§2.1): bare executing, sent only because our clientId owns the run.
+            # The reconnect greeting (docs/protocol.md §2.1): bare executing, sent only because our clientId
+            # owns the run.
             node = data.get("node")
             if node is None or self.phase == "finished" or self.outcome is not None:
                 return []
@@ -692,7 +696,7 @@ class RunState:
         exc_type = data.get("exception_type")
         message = first_line(str(data.get("exception_message") or ""))
         if exc_type == "ExecutionBlocked" and "timestamp" not in data:
-            # Not terminal (§2.3): a node was blocked with a message; the run goes on.
+            # Not terminal (docs/protocol.md §2.3): a node was blocked with a message; the run goes on.
             self._warned_blocked += 1
             return [WarningEvent(self.prompt_id, "execution_blocked",
                             f"node {node} blocked: {message}" if node else f"execution blocked: {message}")]

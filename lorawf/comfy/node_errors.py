@@ -1,7 +1,7 @@
 """ComfyUI's node errors: parse the ``node_errors`` of a ``POST /prompt`` answer, render them, hint.
 
 Pure. A 400 answer becomes a :class:`~lorawf.errors.PromptRejected` through :func:`rejection`; the lines
-follow docs/protocol.md ("What a client should print").
+follow docs/protocol.md §3 ("What a client should print").
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def parse_node_errors(node_errors: Any, workflow: Mapping[str, Any] | None) -> l
 
 
 def render_node_errors(errors: Sequence[NodeError]) -> list[str]:
-    """The indented lines of the protocol notes' §3 ("What a client should print")."""
+    """The indented lines of docs/protocol.md §3 ("What a client should print")."""
     lines: list[str] = []
     last_node: str | None = None
     for err in errors:

@@ -3,7 +3,7 @@
 A run name is ``<token stem>-<N>img-<YYYYmmdd>-<HHMMSS>`` in UTC, e.g. ``inkwash-30img-20261125-181502``.
 It becomes the LoRA ``output_name``, the server subfolder of the run and the local run folder, so two runs
 never overwrite each other's checkpoints: FluxTrainer reuses a file name whenever ``output_name``,
-``network_dim`` and ``save_dtype`` repeat (fact sheet §5.2).
+``network_dim`` and ``save_dtype`` repeat (docs/fluxtrainer.md §5.2).
 """
 
 from __future__ import annotations

@@ -657,7 +657,7 @@ def patch_workflow(
     _set(target, schemas, init, "gradient_dtype", plan.gradient_dtype)
     _set(target, schemas, init, "output_name", output_name)
     if "additional_args" not in target[init]["inputs"]:
-        # Absent, kohya parses the ComfyUI server's own command line instead (fact sheet §8).
+        # Absent, kohya parses the ComfyUI server's own command line instead (docs/fluxtrainer.md §8).
         _set(target, schemas, init, "additional_args", "")
     if options.output_dir is not None:
         out_dir = options.output_dir.strip()
@@ -675,7 +675,7 @@ def patch_workflow(
         _set(target, schemas, roles.optimizer, "optimizer_type", plan.optimizer)
         _set(target, schemas, roles.optimizer, "lr_scheduler", plan.lr_scheduler)
     if roles.general_config is not None:
-        # Without it a re-submitted identical prompt trains nothing (ComfyUI cache) (fact sheet §7).
+        # Without it a re-submitted identical prompt trains nothing (ComfyUI cache) (docs/fluxtrainer.md §7).
         _set(target, schemas, roles.general_config, "reset_on_queue", True)
 
     dataset_path = None

@@ -1,6 +1,6 @@
 """Simulated ComfyUI-FluxTrainer nodes (639b3e8): the observable behaviour, no GPU.
 
-Files, names, return values and step semantics follow the FluxTrainer fact sheet (§4, §5, §6, §8):
+Files, names, return values and step semantics follow docs/fluxtrainer.md (§4, §5, §6, §8):
 ``InitFluxLoRATraining`` writes ``<output_name>_args.json``/``_workflow.json``; ``FluxTrainLoop`` runs
 ``training_loop`` passes of L steps up to its target (the step that reaches the target is not
 reported as progress); ``FluxTrainSave``/``FluxTrainEnd`` write small fake ``.safetensors``;
