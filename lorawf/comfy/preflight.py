@@ -435,6 +435,8 @@ def _training_problems(ctx: _Ctx) -> list[Problem]:
                                         input="max_train_steps", value=n_steps,
                                         fix=f"chain {TRAIN_LOOP} nodes whose steps add up to {n_steps} "
                                             "between this node and FluxTrainEnd"))
+        elif not av_loops and loop_sum < n_steps and _resumes(ctx, init_id):
+            pass  # a resumed state: the schedule is already partly done, the loops train the rest (docs/fluxtrainer.md §5.6)
         elif not av_loops and loop_sum != n_steps:
             listed = " + ".join(f"{s} (node {nid})" for nid, s in loops)
             if loop_sum < n_steps:
@@ -455,6 +457,12 @@ def _training_problems(ctx: _Ctx) -> list[Problem]:
         for av_id, entered in av_loops:
             problems.extend(_overshoot(ctx, av_id, entered, n_steps))
     return problems
+
+
+def _resumes(ctx: _Ctx, init_id: str) -> bool:
+    """True when the Init node gets a training state to resume (``resume_args`` from a FluxTrainResume)."""
+    source = ctx.node(init_id).get("inputs", {}).get("resume_args")
+    return isinstance(source, list) and len(source) == 2 and ctx.class_type(source[0]) == "FluxTrainResume"
 
 
 def _overshoot(ctx: _Ctx, av_id: str, entered: int, n_steps: int) -> list[Problem]:

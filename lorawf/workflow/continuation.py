@@ -1,0 +1,127 @@
+"""Continue a training run from a checkpoint: the workflow of the next segment, built from the run's own
+recorded workflow. Pure: no I/O.
+
+What FluxTrainer does on a continued run is in docs/fluxtrainer.md §5.6 (read from its source): in both modes
+the trainer's step counter starts again at 0 and ``FluxTrainLoop.steps`` is relative, so the remaining blocks
+train exactly the remaining steps; file names carry the segment's own step numbers, so each segment writes into
+its own folder and lorawf adds the offset when it names the files locally.
+
+* ``exact``: ``FluxTrainResume(load_state_path=<state of step S>, skip_until_initial_step=true)`` feeds
+  ``InitFluxLoRATraining.resume_args``; optimizer, LR schedule (sized by the unchanged ``max_train_steps``) and
+  RNG carry on. Needs the state folder that ``FluxTrainSave(save_state=true)`` wrote at step S.
+* ``weights``: the checkpoint of step S reaches ``FluxTrainModelSelect.lora_path`` through a string node (the
+  input is link-only); ``max_train_steps`` becomes the remaining steps, so the fresh schedule covers them. The
+  optimizer state and the schedule's position are lost: the result is close to, not the same as, one run.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from lorawf.comfy.graph import is_link
+from lorawf.comfy.schema import SchemaSet
+from lorawf.errors import InputError
+from lorawf.workflow.patch import INIT, SAVE, find_roles
+
+EXACT, WEIGHTS = "exact", "weights"
+MODES = (EXACT, WEIGHTS)
+RESUME = "FluxTrainResume"
+MODEL_SELECT = "FluxTrainModelSelect"
+
+Workflow = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """The next segment: its workflow, and how its step numbers relate to the run's."""
+
+    workflow: Workflow
+    mode: str
+    from_step: int  # S: the run's global step the segment starts from
+    to_step: int  # the run's last step (max_train_steps of the run)
+    checkpoints: tuple[int, ...]  # the run's global steps the segment checkpoints at
+    output_dir: str  # where the segment writes (its own folder: file names restart at step 0)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def step_offset(self) -> int:
+        """Add to a step number the trainer writes in this segment to get the run's global step."""
+        return self.from_step
+
+
+def block_end_steps(workflow: Workflow, schemas: SchemaSet) -> list[int]:
+    """The run's global step at the end of each block (where each checkpoint lands)."""
+    roles = find_roles(workflow, schemas)
+    ends, total = [], 0
+    for block in roles.blocks:
+        total += int(workflow[block.chain[0]]["inputs"].get("steps", 0))
+        ends.append(total)
+    return ends
+
+
+def _fresh_id(workflow: Workflow) -> str:
+    numeric = [int(n) for n in workflow if n.isdigit()]
+    return str(max(numeric, default=0) + 1)
+
+
+def build_continuation(recorded: Workflow, schemas: SchemaSet, *, from_step: int, mode: str,
+                       source_path: str, output_dir: str) -> Continuation:
+    """The segment that trains from ``from_step`` (a checkpoint of ``recorded``) to the end.
+
+    ``source_path`` is, on the server, the state folder of that checkpoint (``exact``) or its ``.safetensors``
+    file (``weights``); ``output_dir`` the segment's own folder on the server.
+    """
+    if mode not in MODES:
+        raise InputError(f"continue mode {mode!r}: expected {' or '.join(MODES)}")
+    workflow = copy.deepcopy(recorded)
+    roles = find_roles(workflow, schemas)
+    init = roles.init
+    total = int(workflow[init]["inputs"].get("max_train_steps", 0))
+    ends = block_end_steps(workflow, schemas)
+    if from_step not in ends:
+        raise InputError(f"step {from_step} is not a checkpoint of this run (checkpoints at "
+                         f"{', '.join(map(str, ends))})")
+    done = ends.index(from_step) + 1
+    if done == len(ends):
+        raise InputError(f"the run already reached its last step ({from_step}): nothing to continue")
+    # drop the blocks already trained; the first remaining one follows the prefix (or Init) directly
+    for block in roles.blocks[:done]:
+        for nid in block.nodes:
+            del workflow[nid]
+    first = roles.blocks[done].chain[0]
+    previous = roles.prefix[-1] if roles.prefix else init
+    workflow[first]["inputs"]["network_trainer"] = [previous, 0]
+
+    inputs = workflow[init]["inputs"]
+    inputs["output_dir"] = output_dir
+    notes: list[str] = []
+    if mode == EXACT:
+        resume = _fresh_id(workflow)
+        workflow[resume] = {"inputs": {"load_state_path": source_path, "skip_until_initial_step": True},
+                            "class_type": RESUME, "_meta": {"title": f"Resume the training state of step {from_step}"}}
+        inputs["resume_args"] = [resume, 0]
+        for block in roles.blocks[done:]:
+            for nid in block.chain:
+                if workflow[nid]["class_type"] == SAVE:
+                    workflow[nid]["inputs"]["save_state"] = True  # the next continuation needs it too
+    else:
+        models = _model_select(workflow, init)
+        weights = _fresh_id(workflow)
+        workflow[weights] = {"inputs": {"value": source_path}, "class_type": "PrimitiveString",
+                             "_meta": {"title": f"LoRA weights of step {from_step}"}}
+        workflow[models]["inputs"]["lora_path"] = [weights, 0]
+        inputs["max_train_steps"] = total - from_step
+        notes.append(f"weights only: training goes on from the LoRA of step {from_step} with a fresh optimizer "
+                     f"and a fresh learning-rate schedule over the remaining {total - from_step} steps, so the "
+                     "result is close to, not the same as, one uninterrupted run")
+    return Continuation(workflow, mode, from_step, total, tuple(ends[done:]), output_dir, tuple(notes))
+
+
+def _model_select(workflow: Workflow, init: str) -> str:
+    source = workflow[init]["inputs"].get("flux_models")
+    if not is_link(source) or workflow.get(source[0], {}).get("class_type") != MODEL_SELECT:
+        raise InputError(f"node {init} {INIT}: flux_models does not come from a {MODEL_SELECT} node, whose "
+                         "lora_path carries the weights to continue from")
+    return str(source[0])
