@@ -11,10 +11,11 @@ fetched through ``/view`` because the patched workflow writes them inside ComfyU
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lorawf.comfy.events import Event, Notice, Output, OutputFile, Started, WarningEvent
 from lorawf.errors import LorawfError, UsageError
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from lorawf.net.prompts import RunResult
     from lorawf.net.upload_plan import UploadFile
     from lorawf.runs.record import RunRecord, Timings
+
+
+_STEP_RE = re.compile(r"-step(\d{5,})\.safetensors$")
 
 
 @dataclass(frozen=True)
@@ -51,13 +55,20 @@ class RunRequest:
     download_as_you_go: bool = False
     preflight: bool = True
     name: str | None = None
+    resumable: bool = False  # save the training state with every checkpoint (lorawf continue --mode exact)
 
 
-def local_target(run_dir: Path, ref: OutputFile, role: str) -> Path:
-    """Where a run's output goes locally: ``checkpoints/``, ``validation/`` or ``other/<subfolder>/``."""
+def local_target(run_dir: Path, ref: OutputFile, role: str, step_offset: int = 0) -> Path:
+    """Where a run's output goes locally: ``checkpoints/``, ``validation/`` or ``other/<subfolder>/``.
+
+    ``step_offset``: a continued segment's trainer counts from 0 again (docs/fluxtrainer.md §5.6), so its
+    ``-stepNNNNN`` checkpoints are named by the run's global step here.
+    """
     from lorawf.safepaths import check_component, local_path
 
     name = check_component(ref.filename, "filename")
+    if role == "checkpoint" and step_offset:
+        name = _STEP_RE.sub(lambda m: f"-step{int(m.group(1)) + step_offset:05d}.safetensors", name)
     if role in ("checkpoint", "final_lora"):
         return run_dir / "checkpoints" / name
     if role == "validation":
@@ -68,8 +79,9 @@ def local_target(run_dir: Path, ref: OutputFile, role: str) -> Path:
 class OutputCollector:
     """Watches the event stream: remembers every output file and maps checkpoint paths to ``/view`` refs."""
 
-    def __init__(self, folders: ServerFolders) -> None:
+    def __init__(self, folders: ServerFolders, step_offset: int = 0) -> None:
         self.folders = folders
+        self.step_offset = step_offset
         self.refs: dict[tuple[str, str, str], tuple[OutputFile, str]] = {}
         self.started_at: datetime | None = None
         #: checkpoints for :class:`EagerDownloader`; ``None`` tells it to stop
@@ -128,7 +140,7 @@ class EagerDownloader:
                 return
             ref, role = item
             try:
-                target = local_target(self.run_dir, ref, role)
+                target = local_target(self.run_dir, ref, role, self.collector.step_offset)
                 self.events.append(await download_file(self.client, ref, self.run_dir, "", local=target))
                 self.done.add((ref.type, ref.subfolder, ref.filename))
             except (LorawfError, OSError) as exc:  # retried in the final sweep
@@ -143,14 +155,15 @@ class EagerDownloader:
 
 
 async def download_all(client: ComfyClient, run_dir: Path, refs: Sequence[tuple[OutputFile, str]],
-                       reporter: Reporter, prompt_id: str | None) -> list[str]:
+                       reporter: Reporter, prompt_id: str | None, step_offset: int = 0) -> list[str]:
     """Fetch every output into its place under ``run_dir``; one problem line per file that failed."""
     from lorawf.net.download import download_outputs
 
     roles = {(ref.type, ref.subfolder, ref.filename): role for ref, role in refs}
     return await download_outputs(
         client, [ref for ref, _role in refs], run_dir, reporter, prompt_id or "",
-        local_for=lambda ref: local_target(run_dir, ref, roles[(ref.type, ref.subfolder, ref.filename)]),
+        local_for=lambda ref: local_target(run_dir, ref, roles[(ref.type, ref.subfolder, ref.filename)],
+                                           step_offset),
     )
 
 
@@ -237,6 +250,9 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
                 reporter(Notice(None, advice.message, warning=True))
         for note in built.patch.notes:
             reporter(Notice(None, f"template: {note}"))
+        if request.resumable:
+            reporter(Notice(None, resumable_cost(built.plan.network_dim, len(built.plan.checkpoint_steps),
+                                                 _free_space(stats)), warning=True))
         if built.patch.unchecked:
             reporter(Notice(None, "not checked (no node schema; run with preflight to check them against the "
                                   f"server): {', '.join(built.patch.unchecked)}", warning=True))
@@ -274,10 +290,36 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
     return run_dir
 
 
+#: The training state of a rank-16 Flux LoRA with adamw8bit and fp32 gradients is about 460 MB, three
+#: times the bf16 LoRA (docs/fluxtrainer.md §5.6, from the layer shapes); it grows with the rank.
+STATE_BYTES_AT_RANK_16 = 460_000_000
+
+
+def resumable_cost(network_dim: int, checkpoints: int, free: int | None) -> str:
+    """The disk cost of ``--resumable``, said before anything is submitted."""
+    each = STATE_BYTES_AT_RANK_16 * network_dim / 16
+    total = each * checkpoints
+    line = (f"--resumable: about {each / 1e9:.1f} GB of training state per checkpoint, {total / 1e9:.1f} GB for "
+            f"{checkpoints} checkpoints, on the server (ComfyUI has no way to delete files: remove older "
+            "*-state folders by hand once a newer one exists; each is complete on its own)")
+    if free is not None:
+        line += f"; the server reports {free / 1e9:.1f} GB free"
+        if free < total:
+            line += " (NOT ENOUGH for all of them)"
+    return line
+
+
+def _free_space(stats: dict[str, Any]) -> int | None:
+    """Free disk space, if ``/system_stats`` tells it (ComfyUI 0.3.64 does not; some forks do)."""
+    system = stats.get("system") if isinstance(stats, dict) else None
+    value = system.get("disk_free") if isinstance(system, dict) else None
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def _patch_options(request: RunRequest, dataset_path: str, output_dir: str, name: str) -> PatchOptions:
     """Checkpoints and validation images inside ComfyUI's output folder, one subfolder per run."""
     return PatchOptions(request.token, dataset_path, f"{output_dir}/lorawf/{name}", name, request.sets,
-                        image_prefix=f"lorawf/{name}/validation")
+                        image_prefix=f"lorawf/{name}/validation", save_state=request.resumable)
 
 
 def _record_failure(run_dir: Path, record: RunRecord, error: BaseException, settings: ServerSettings) -> None:
@@ -298,12 +340,12 @@ class RunFollower:
     outputs (downloaded as they come with ``as_you_go``, all of them at the end) and the contact sheet."""
 
     def __init__(self, client: ComfyClient, run_dir: Path, record: RunRecord, folders: ServerFolders,
-                 as_you_go: bool) -> None:
+                 as_you_go: bool, step_offset: int = 0) -> None:
         self.client = client
         self.run_dir = run_dir
         self.record = record
         self.secrets = client.settings.secret_values()
-        self.collector = OutputCollector(folders)
+        self.collector = OutputCollector(folders, step_offset)
         self.eager = EagerDownloader(client, run_dir, self.collector) if as_you_go else None
 
     def observer(self, reporter: Reporter) -> Reporter:
@@ -336,11 +378,19 @@ class RunFollower:
         state = result.state if result is not None else None
         started = timings.started or self.collector.started_at
         finished = utc_now()
-        if state is not None and state.server_started_ms is not None:
-            started = from_epoch_ms(state.server_started_ms)
+        if state is not None and state.server_started_ms is not None and not self.record.segments:
+            started = from_epoch_ms(state.server_started_ms)  # a continued run keeps its first start
         if state is not None and state.server_finished_ms is not None:
             finished = from_epoch_ms(state.server_finished_ms)
         return replace(timings, submitted=timings.submitted or timings.created, started=started, finished=finished)
+
+    def _segment_start(self, result: RunResult | None) -> datetime | None:
+        from lorawf.timefmt import from_epoch_ms
+
+        state = result.state if result is not None else None
+        if state is not None and state.server_started_ms is not None:
+            return from_epoch_ms(state.server_started_ms)
+        return self.collector.started_at
 
     async def after_run(self, result: RunResult | None, error: LorawfError | None,
                         reporter: Reporter) -> list[str]:
@@ -358,7 +408,8 @@ class RunFollower:
             fetched = self.eager.done if self.eager is not None else set()
             refs = [(ref, role) for key, (ref, role) in self.collector.refs.items() if key not in fetched]
             problems = await download_all(self.client, self.run_dir, refs, reporter,
-                                          result.prompt_id if result else None) if refs else []
+                                          result.prompt_id if result else None,
+                                          self.collector.step_offset) if refs else []
         except asyncio.CancelledError:
             # Ctrl-C during the downloads: the record says so (and what resume does) before the exit
             if self.eager is not None:
@@ -391,6 +442,11 @@ class RunFollower:
         except LorawfError as exc:
             reporter(WarningEvent(prompt_id, "sheet_failed", str(exc)))
         rec = replace(rec, files=tuple(scan_files(self.run_dir)))
+        if rec.segments:  # a continued run: the segment that just ended says how it went
+            last = rec.segments[-1]
+            rec = replace(rec, segments=rec.segments[:-1] + (replace(
+                last, prompt_id=rec.prompt_id, outcome=rec.outcome, started=self._segment_start(result),
+                finished=rec.timings.finished),))
         write_record(self.run_dir, rec, self.secrets)
         self.record = rec
         return problems

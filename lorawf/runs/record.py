@@ -101,6 +101,33 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """One prompt of a run that was continued: which steps it trained, how, where, and how it ended.
+
+    ``mode`` is ``initial`` (the first prompt), ``exact`` (continued from a saved training state) or
+    ``weights`` (continued from a checkpoint's weights: approximate). Steps are the run's global steps.
+    """
+
+    prompt_id: str | None
+    mode: str
+    from_step: int
+    to_step: int
+    output_dir: str
+    outcome: str = "pending"
+    started: datetime | None = None
+    finished: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt_id": self.prompt_id, "mode": self.mode, "from_step": self.from_step,
+                "to_step": self.to_step, "output_dir": self.output_dir, "outcome": self.outcome,
+                "started": iso_utc(self.started) if self.started else None,
+                "finished": iso_utc(self.finished) if self.finished else None}
+
+
+SEGMENT_MODES = ("initial", "exact", "weights")
+
+
+@dataclass(frozen=True)
 class RunRecord:
     """Everything lorawf knows about one run; serialises to ``run.json``. Build new states with
     :func:`dataclasses.replace` (e.g. ``replace(rec, outcome="success", files=tuple(entries))``)."""
@@ -117,6 +144,7 @@ class RunRecord:
     error: str | None = None
     prompts: tuple[str, ...] = ()
     files: tuple[FileEntry, ...] = ()
+    segments: tuple[Segment, ...] = ()  # only once the run was continued; the first is the initial prompt
     schema: str = SCHEMA
 
     @property
@@ -149,6 +177,7 @@ class RunRecord:
             "prompts": list(self.prompts),
             "patch": self.patch,
             "files": [f.to_dict() for f in self.files],
+            **({"segments": [seg.to_dict() for seg in self.segments]} if self.segments else {}),
         }
 
     @classmethod
@@ -246,8 +275,25 @@ def _parse_record(data: Any, source: str) -> RunRecord:
         error=_need(data, "error", str, source, optional=True),
         prompts=tuple(prompts),
         files=tuple(_parse_file(raw, source, i) for i, raw in enumerate(files)),
+        segments=tuple(_parse_segment(raw, source, i)
+                       for i, raw in enumerate(_need(data, "segments", list, source, optional=True) or [])),
         schema=schema,
     )
+
+
+def _parse_segment(raw: Any, source: str, index: int) -> Segment:
+    where = f"{source} segments[{index}]"
+    if not isinstance(raw, dict):
+        raise RecordError(f"{where}: expected an object")
+    mode = _need(raw, "mode", str, where)
+    outcome = _need(raw, "outcome", str, where)
+    if mode not in SEGMENT_MODES:
+        raise RecordError(f"{where}: mode {mode!r} is not one of {', '.join(SEGMENT_MODES)}")
+    if outcome not in OUTCOMES:
+        raise RecordError(f"{where}: outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
+    return Segment(_need(raw, "prompt_id", str, where, optional=True), mode, _need(raw, "from_step", int, where),
+                   _need(raw, "to_step", int, where), _need(raw, "output_dir", str, where), outcome,
+                   _time(raw, "started", where), _time(raw, "finished", where))
 
 
 # ------------------------------------------------------------------------------------------- writing

@@ -70,6 +70,7 @@ class PatchOptions:
     output_name: str | None = None
     sets: tuple[str, ...] = ()
     image_prefix: str | None = None  # SaveImage folder for validation images (default: output_name)
+    save_state: bool = False  # --resumable: every checkpoint also saves the training state (docs/fluxtrainer.md §5.6)
 
 
 @dataclass(frozen=True)
@@ -711,7 +712,8 @@ def patch_workflow(
     _rebuild_chain(target, roles, plan, image_prefix)
     for nid, node in target.items():
         if node["class_type"] in (SAVE, END) and "save_state" in _schema(schemas, target, nid).inputs:
-            node["inputs"]["save_state"] = False  # FluxTrainEnd defaults to true: a multi-GB state folder
+            # FluxTrainEnd defaults to true: a multi-GB state folder; a resumable run saves one per checkpoint
+            node["inputs"]["save_state"] = options.save_state and node["class_type"] == SAVE
     apply_sets(target, schemas, options.sets)
     _substitute_everywhere(target, token)
 

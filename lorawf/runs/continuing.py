@@ -1,0 +1,151 @@
+"""``lorawf continue``: train the rest of a run the server lost, from its newest checkpoint on the server.
+
+The next segment is built from the run's own recorded ``workflow.json`` (:mod:`lorawf.workflow.continuation`),
+writes into its own server folder (the trainer's step counter starts again at 0: docs/fluxtrainer.md §5.6)
+and is followed like any run; its checkpoints are stored locally under the run's global step numbers, and
+``run.json`` lists every segment.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lorawf.comfy.events import Notice
+from lorawf.errors import InputError
+from lorawf.net.settings import ServerSettings
+from lorawf.runs.engine import FollowOptions, Reporter
+
+if TYPE_CHECKING:
+    from lorawf.comfy.folders import ServerFolders
+    from lorawf.net.http import ComfyClient
+    from lorawf.runs.record import RunRecord, Segment
+
+WORKFLOW_NAME = "workflow.json"
+
+
+def segment_workflow_name(index: int) -> str:
+    """The file a continued segment's workflow is kept in (segment 1 is ``workflow.json``)."""
+    return WORKFLOW_NAME if index <= 1 else f"workflow-segment-{index}.json"
+
+
+def _recorded_workflow(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / WORKFLOW_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the run's workflow: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected an API-format workflow object")
+    return data
+
+
+def _segments(record: RunRecord, init_inputs: dict[str, Any]) -> tuple[Segment, ...]:
+    """The run's segments so far; a run never continued is one initial segment."""
+    from lorawf.runs.record import Segment
+
+    if record.segments:
+        return record.segments
+    total = int(init_inputs.get("max_train_steps", 0))
+    return (Segment(record.prompt_id, "initial", 0, total, str(init_inputs.get("output_dir", "")),
+                    record.outcome, record.timings.started, record.timings.finished),)
+
+
+async def _newest_checkpoint(client: ComfyClient, folders: ServerFolders, segments: tuple[Segment, ...],
+                             checkpoints: list[int], stem: str) -> tuple[int, Segment, str, bool] | None:
+    """``(step, segment, server path of its .safetensors, state folder there)`` of the newest checkpoint the
+    server still holds, asked file by file (``/view``); ``None`` when there is none."""
+    from lorawf.comfy.folders import relative_to_output
+
+    for segment in reversed(segments):
+        for step in sorted((s for s in checkpoints if segment.from_step < s <= segment.to_step), reverse=True):
+            local = step - segment.from_step
+            name = f"{stem}-step{local:05d}"
+            mapped = relative_to_output(f"{segment.output_dir}/{name}.safetensors", folders)
+            if mapped is None:
+                continue
+            subfolder, filename = mapped
+            if await client.remote_size(filename, subfolder, "output") is None:
+                continue
+            state = await client.remote_size("train_state.json", f"{subfolder}/{name}-state".strip("/"), "output")
+            return step, segment, f"{segment.output_dir}/{name}.safetensors", state is not None
+    return None
+
+
+async def continue_run(settings: ServerSettings, run_dir: Path, reporter: Reporter,
+                       options: FollowOptions | None = None, *, mode: str | None = None,
+                       server_input_dir: str | None = None, server_output_dir: str | None = None) -> Path:
+    """Continue the run recorded in ``run_dir``: ``mode`` ``exact``, ``weights`` or ``None`` (exact when the
+    training state of the newest checkpoint is on the server, else weights)."""
+    from lorawf.comfy.folders import learn_folders
+    from lorawf.comfy.schema import bundled_schemas
+    from lorawf.fsutil import atomic_write_text
+    from lorawf.net.http import ComfyClient
+    from lorawf.net.schema_cache import load_server_schemas
+    from lorawf.runs.engine import gate_workflow, submit_graph
+    from lorawf.runs.pipeline import RunFollower
+    from lorawf.runs.record import Segment, read_record, write_record
+    from lorawf.workflow.continuation import EXACT, MODES, WEIGHTS, build_continuation
+    from lorawf.workflow.io import dumps_workflow
+    from lorawf.workflow.patch import INIT, find_roles
+
+    if mode is not None and mode not in MODES:
+        raise InputError(f"--mode {mode!r}: expected {' or '.join(MODES)}")
+    record = read_record(run_dir)
+    if record.outcome == "success":
+        raise InputError(f"{run_dir}: the run succeeded; there is nothing to continue")
+    recorded = _recorded_workflow(run_dir)
+    schemas = bundled_schemas()
+    roles = find_roles(recorded, schemas)
+    init_inputs = recorded[roles.init]["inputs"]
+    if recorded[roles.init]["class_type"] != INIT:  # pragma: no cover - find_roles guarantees it
+        raise InputError(f"{run_dir / WORKFLOW_NAME}: no {INIT} node")
+    stem = f"{init_inputs.get('output_name')}_rank{init_inputs.get('network_dim')}_{init_inputs.get('save_dtype')}"
+    segments = _segments(record, init_inputs)
+    checkpoints = [int(s) for s in record.plan.get("checkpoint_steps") or []]
+
+    async with ComfyClient(settings) as client:
+        stats, folder_paths = await client.server_facts()
+        folders = learn_folders(folder_paths, stats, server_input_dir, server_output_dir)
+        queue = await client.get_queue()
+        alive = {str(item[1]) for key in ("queue_running", "queue_pending") for item in queue.get(key) or []
+                 if isinstance(item, list) and len(item) > 1}
+        for segment in segments:
+            if segment.prompt_id in alive:
+                raise InputError(f"prompt {segment.prompt_id} of this run is still queued or running on "
+                                 f"{client.where}; `lorawf resume {run_dir}` follows it to its end")
+        found = await _newest_checkpoint(client, folders, segments, checkpoints, stem)
+        if found is None:
+            raise InputError(f"{run_dir}: no checkpoint of this run is on {client.where} (none was reached, or "
+                             "the files were removed); start it again with `lorawf run`")
+        step, where_found, lora_path, has_state = found
+        chosen = mode or (EXACT if has_state else WEIGHTS)
+        if chosen == EXACT and not has_state:
+            raise InputError(f"no training state of step {step} on {client.where} (the run was not started with "
+                             "--resumable); continue with --mode weights")
+        source = lora_path.removesuffix(".safetensors") + "-state" if chosen == EXACT else lora_path
+        index = len(segments) + 1
+        base_dir = segments[0].output_dir
+        cont = build_continuation(recorded, schemas, from_step=step, mode=chosen, source_path=source,
+                                  output_dir=f"{base_dir}/segment-{index}")
+        reporter(Notice(None, f"continuing from step {step} of {cont.to_step} ({chosen}): checkpoints at "
+                              f"{', '.join(map(str, cont.checkpoints))}, into {cont.output_dir}"))
+        for note in cont.notes:
+            reporter(Notice(None, note, warning=True))
+        server_schemas = await load_server_schemas(client, system_stats=stats)
+        atomic_write_text(run_dir / segment_workflow_name(index), dumps_workflow(cont.workflow))
+        await gate_workflow(client, cont.workflow, str(run_dir / segment_workflow_name(index)), reporter,
+                            server_schemas)
+        reached = step if where_found is segments[-1] else segments[-1].from_step  # what the last one kept
+        closed = segments[:-1] + (replace(segments[-1], to_step=reached, outcome=record.outcome),)
+        new = Segment(None, chosen, step, cont.to_step, cont.output_dir)
+        record = replace(record, prompt_id=None, outcome="pending", error=None, segments=closed + (new,))
+        write_record(run_dir, record, settings.secret_values())
+        follower = RunFollower(client, run_dir, record, folders, False, step_offset=step)
+        await submit_graph(client, cont.workflow, follower.observer(reporter),
+                           replace(options or FollowOptions(), download=None), after_run=follower.after_run)
+    return run_dir
