@@ -50,8 +50,8 @@ def test_plan_scans_a_dataset_folder() -> None:
     [
         (["plan"], 2, "give a DATASET folder or --images N"),
         (["plan", "--images", "0"], 3, "0 training images"),
-        (["plan", "--images", "43", "--lr", "-1"], 3, "--learning-rate -1 is out of range"),
-        (["plan", "--images", "43", "--dim", "0"], 3, "--network-dim 0 is out of range"),
+        (["plan", "--images", "43", "--lr", "-1"], 3, "--lr -1 is out of range"),
+        (["plan", "--images", "43", "--dim", "0"], 3, "--dim 0 is out of range"),
         (["plan", "/definitely/not/here"], 3, "does not exist"),
         (["plan", "--images", "abc"], 2, "abc"),
         (["patch", "--images", "43"], 2, "--token"),

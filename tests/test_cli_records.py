@@ -91,6 +91,7 @@ def test_sheet_writes_the_default_file(tmp_path: Path) -> None:
 def test_sheet_output_option_and_same_bytes(tmp_path: Path) -> None:
     _run_folder(tmp_path / "run")
     assert run("sheet", str(tmp_path / "run"), "-o", str(tmp_path / "one.png"))[0] == 0
+    (tmp_path / "out").mkdir()  # -o never creates a folder (tests/test_inputs.py)
     assert run("sheet", str(tmp_path / "run"), "--output", str(tmp_path / "out" / "two.png"))[0] == 0
     assert (tmp_path / "one.png").read_bytes() == (tmp_path / "out" / "two.png").read_bytes()
     assert not (tmp_path / "run" / SHEET_NAME).exists()

@@ -99,9 +99,9 @@ def test_overrides_are_applied() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (PlanOverrides(network_dim=0), "--network-dim 0 is out of range"),
+        (PlanOverrides(network_dim=0), "--dim 0 is out of range"),
         (PlanOverrides(network_dim=100001), "out of range"),
-        (PlanOverrides(network_alpha=-1), "--network-alpha -1 is out of range"),
+        (PlanOverrides(network_alpha=-1), "--alpha -1 is out of range"),
         (PlanOverrides(network_alpha=4096), "out of range"),
         (PlanOverrides(learning_rate=0), "greater than 0"),
         (PlanOverrides(learning_rate=-1e-4), "out of range"),

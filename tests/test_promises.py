@@ -174,8 +174,8 @@ def test_json_ends_with_done_when_an_upload_is_refused(server: Any, tmp_path: Pa
 
 @pytest.mark.parametrize(("args", "code", "needle"), [
     (["--token", "q|b"], 3, "'|'"),
-    (["--token", "ink", "--lr", "-1"], 3, "--learning-rate -1 is out of range"),
-    (["--token", "ink", "--dim", "0"], 3, "--network-dim 0 is out of range"),
+    (["--token", "ink", "--lr", "-1"], 3, "--lr -1 is out of range"),
+    (["--token", "ink", "--dim", "0"], 3, "--dim 0 is out of range"),
     (["--token", "ink", "--set", "bad"], 3, "--set"),
     (["--token", "ink", "--set", "999.steps=3"], 3, "999"),
     (["--token", "ink", "--name", "../escape"], 3, "--name"),

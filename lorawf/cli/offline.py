@@ -18,6 +18,9 @@ if TYPE_CHECKING:  # the planner is imported when a command runs, not for `loraw
 
 COMMANDS: list[click.Command] = []
 
+#: readable=False: an unreadable folder is the scan's one-line DatasetError (exit 3), not click's usage error.
+DATASET_PATH = click.Path(readable=False, path_type=Path)
+
 F = Callable[..., Any]
 
 
@@ -34,7 +37,7 @@ def resolve_images(dataset: Path | None, images: int | None) -> tuple[int, str |
 
 
 @click.command("plan")
-@click.argument("dataset", required=False, type=click.Path(path_type=Path))
+@click.argument("dataset", required=False, type=DATASET_PATH)
 @plan_options
 @click.option("--json", "as_json", is_flag=True, help="Print one machine-readable JSON object.")
 def plan_command(dataset: Path | None, images: int | None, as_json: bool, **kwargs: Any) -> None:
@@ -65,8 +68,23 @@ def _echo_plan_summary(plan: TrainingPlan) -> None:
             say(f"{'WARNING' if advice.severity == 'strong' else 'warning'}: {advice.message}", err=True)
 
 
+def check_outputs(output: str, emit_patch: Path | None) -> None:
+    """Refuse a bad ``-o`` or ``--emit-patch`` before anything is written, so neither file is left alone."""
+    from lorawf.fsutil import check_write_target
+
+    if output == "":
+        raise UsageError("-o '': the output file name is empty; give a file name, or - for stdout")
+    if emit_patch is not None and str(emit_patch) in ("", "."):
+        raise UsageError("--emit-patch needs a file name (got an empty name or '.'): give the file for the "
+                         "JSON Patch")
+    if output != "-":
+        check_write_target(Path(output))
+    if emit_patch is not None:
+        check_write_target(emit_patch)
+
+
 @click.command("patch")
-@click.argument("dataset", required=False, type=click.Path(path_type=Path))
+@click.argument("dataset", required=False, type=DATASET_PATH)
 @click.option("--token", required=True, help="Trigger token that replaces STYLE_TOKEN (class_tokens, prompts).")
 @plan_options
 @click.option("--template", type=click.Path(path_type=Path), help="API-format template (default: bundled).")
@@ -87,6 +105,7 @@ def patch_command(
     from lorawf.workflow.build import build_workflow
     from lorawf.workflow.patch import PatchOptions
 
+    check_outputs(output, emit_patch)
     count, summary = resolve_images(dataset, images)
     if server_dataset_path is None and dataset is not None:
         server_dataset_path = str(dataset.resolve()) if images is None else str(dataset)

@@ -76,10 +76,13 @@ def sheet_command(run_dir: Path, output: Path | None) -> None:
 
     Prompts and the title come from RUN_DIR/run.json when it exists. Needs Pillow (pip install 'lorawf[sheet]').
     """
+    from lorawf.fsutil import check_write_target
     from lorawf.runs.sheet import collect_validation_images, make_run_sheet
 
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: not a folder (give a run folder written by `lorawf run --download`)")
+    if output is not None:
+        check_write_target(output)  # a missing folder is one line; it is never created
     out = make_run_sheet(run_dir, out=output)
     if out is None:
         raise InputError(

@@ -24,6 +24,7 @@ from lorawf.cli.options import (
     timeout_option,
 )
 from lorawf.cli.output import say
+from lorawf.errors import UsageError
 from lorawf.printable import json_line, printable
 
 COMMANDS: list[click.Command] = []
@@ -128,7 +129,8 @@ def cancel_cmd(prompt_id: str, server: ServerOptions, json_mode: bool) -> None:
 
 
 @click.command("run")
-@click.argument("dataset", required=False, type=click.Path(path_type=Path))
+# readable=False: an unreadable folder is the scan's one-line DatasetError (exit 3), not click's usage error
+@click.argument("dataset", required=False, type=click.Path(readable=False, path_type=Path))
 @click.option("--token", required=True, help="Trigger token that replaces STYLE_TOKEN (class_tokens, prompts).")
 @plan_options
 @click.option("--upload", is_flag=True, help="Upload the dataset's images and captions to the server first.")
@@ -162,6 +164,7 @@ def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, 
     from lorawf.cli.options import overrides_from
     from lorawf.runs import pipeline
 
+    check_dataset_source(upload, server_dataset_path)
     settings = server.settings()
     request = pipeline.RunRequest(
         token=token, dataset=dataset, images=images, overrides=overrides_from(kwargs), template=template,
@@ -175,6 +178,16 @@ def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, 
     finally:
         console.close()
     console.line(f"run folder: {run_dir}")
+
+
+def check_dataset_source(upload: bool, server_dataset_path: str | None) -> None:
+    """``--upload`` chooses the server folder itself: a ``--server-dataset-path`` beside it would be ignored."""
+    if upload and server_dataset_path is not None:
+        raise UsageError(
+            f"--upload and --server-dataset-path '{printable(server_dataset_path)}' both say where the images "
+            "are: give --upload to send the local DATASET, or --server-dataset-path for a folder already on the "
+            "GPU host, not both"
+        )
 
 
 @click.command("resume")

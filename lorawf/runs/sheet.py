@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from lorawf.comfy.graph import is_link
 from lorawf.errors import InputError
-from lorawf.fsutil import atomic_write_bytes
+from lorawf.fsutil import atomic_write_bytes, check_write_target
 from lorawf.runs.record import RECORD_NAME, SHEET_NAME, VALIDATION_IMAGE_RE, RunRecord, read_record
 
 if TYPE_CHECKING:
@@ -273,8 +273,11 @@ def build_contact_sheet(
     ``prompt N``). Columns: every step of ``images`` plus ``steps`` (e.g. the planned checkpoint steps), in
     order. A cell without an image (or with an unreadable one) is a crossed placeholder. When several images
     claim one cell the first in ``images`` order wins. ``layout`` overrides the geometry (rows/columns are
-    recomputed). Needs Pillow (``pip install 'lorawf[sheet]'``).
+    recomputed). Needs Pillow (``pip install 'lorawf[sheet]'``). ``out``'s folder must exist: no folder is
+    created for it (``lorawf sheet -o /nonexistent/x.png`` is an error, not a new ``/nonexistent``).
     """
+    out = Path(out)
+    check_write_target(out)  # before the drawing, which takes a while for a long run
     image_mod, draw_mod, font_mod, ops_mod = _pillow()
     columns = sorted({img.step for img in images} | set(steps))
     rows = max([len(prompts)] + [img.prompt_index + 1 for img in images])
@@ -320,8 +323,6 @@ def build_contact_sheet(
 
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG", optimize=False, compress_level=6)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, buffer.getvalue())
     return out
 

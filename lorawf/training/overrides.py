@@ -28,8 +28,22 @@ OVERRIDE_NAMES: tuple[OverrideName, ...] = (
     OverrideName("alpha", "network_alpha", float, "network_alpha; default = dim."),
     OverrideName("lr", "learning_rate", float, "Learning rate; default 1e-4."),
     OverrideName("steps", "max_train_steps", int, "Total steps, replacing images x 40."),
-    OverrideName("steps_per_image", "steps_per_image", float, "Steps per image (default 40), clamped to 500..3500."),
+    OverrideName("steps_per_image", "steps_per_image", float,
+                 "Steps per image (default 40); the total (images x this) is then clamped to 500..3500."),
     OverrideName("interval", "checkpoint_interval", int, "Checkpoint every N steps."),
     OverrideName("batch", "batch_size", int, "Batch size; default 2."),
     OverrideName("repeats", "num_repeats", int, "num_repeats; default 1."),
 )
+
+
+_BY_FIELD = {o.field: o for o in OVERRIDE_NAMES}
+
+
+def override_flag(field: str) -> str:
+    """The command-line flag of a planning field: ``network_dim`` -> ``--dim`` (what error messages must say)."""
+    return _BY_FIELD[field].flag
+
+
+def override_key(field: str) -> str:
+    """The presets/sweeps key of a planning field: ``network_dim`` -> ``dim``."""
+    return _BY_FIELD[field].name

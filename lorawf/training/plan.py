@@ -8,12 +8,12 @@ image with one repeat, clamped to 500..3500 steps, and checkpoints often enough 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lorawf.errors import DatasetError, OverrideError
-from lorawf.training.overrides import OVERRIDE_NAMES
+from lorawf.training.overrides import OVERRIDE_NAMES, override_flag
 
 STEPS_PER_IMAGE = 40
 MIN_STEPS = 500
@@ -167,11 +167,18 @@ def dataset_advice(images: int) -> tuple[Advice, ...]:
     )
 
 
-def _check(name: str, value: float | None, *, integer: bool) -> None:
+#: How an error names a planning field: the CLI's flag by default (``network_dim`` -> ``--dim``); a presets
+#: file passes :func:`~lorawf.training.overrides.override_key` so its errors name the key it wrote.
+Label = Callable[[str], str]
+
+
+def _check(name: str, value: object, *, integer: bool, label: Label) -> None:
     if value is None:
         return
-    flag = "--" + name.replace("_", "-")
-    if isinstance(value, bool) or (integer and not float(value).is_integer()):
+    flag = label(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OverrideError(f"{flag} {value!r}: expected a number")
+    if integer and not float(value).is_integer():
         raise OverrideError(f"{flag} {value!r}: expected a whole number")
     if isinstance(value, float) and not math.isfinite(value):
         raise OverrideError(f"{flag} {value!r}: expected a finite number")
@@ -181,34 +188,44 @@ def _check(name: str, value: float | None, *, integer: bool) -> None:
         raise OverrideError(f"{flag} {value:g} is out of range: FluxTrainer accepts {allowed}")
 
 
-def validate_overrides(o: PlanOverrides) -> None:
-    """Check overrides against the ranges the FluxTrainer nodes accept and against sense."""
+def validate_overrides(o: PlanOverrides, *, label: Label = override_flag) -> None:
+    """Check overrides against the ranges the FluxTrainer nodes accept and against sense.
+
+    ``label`` names a field in the messages (the command-line flag unless a presets file says otherwise).
+    """
     for name in ("network_dim", "max_train_steps", "checkpoint_interval", "batch_size", "num_repeats"):
-        _check(name, getattr(o, name), integer=True)
+        _check(name, getattr(o, name), integer=True, label=label)
     for name in ("network_alpha", "learning_rate"):
-        _check(name, getattr(o, name), integer=False)
+        _check(name, getattr(o, name), integer=False, label=label)
     if o.learning_rate is not None and o.learning_rate <= 0:
-        raise OverrideError(f"--lr {o.learning_rate:g}: the learning rate must be greater than 0 (try 1e-4)")
+        raise OverrideError(f"{label('learning_rate')} {o.learning_rate:g}: the learning rate must be greater "
+                            "than 0 (try 1e-4)")
     if o.steps_per_image is not None:
+        per_image = label("steps_per_image")
+        if isinstance(o.steps_per_image, bool) or not isinstance(o.steps_per_image, (int, float)):
+            raise OverrideError(f"{per_image} {o.steps_per_image!r}: expected a number (try 40)")
         if not math.isfinite(o.steps_per_image) or o.steps_per_image <= 0:
-            raise OverrideError(f"--steps-per-image {o.steps_per_image:g}: must be greater than 0 (try 40)")
+            raise OverrideError(f"{per_image} {o.steps_per_image:g}: must be greater than 0 (try 40)")
         most = LIMITS["max_train_steps"][1]
         assert most is not None
         if o.steps_per_image > most:  # one image already needs more steps than FluxTrainer accepts
-            raise OverrideError(f"--steps-per-image {o.steps_per_image:g} is out of range: at most {most:g} "
+            raise OverrideError(f"{per_image} {o.steps_per_image:g} is out of range: at most {most:g} "
                                 f"(the planner caps the total at {MAX_STEPS} anyway; try 40)")
         if o.max_train_steps is not None:
-            raise OverrideError("--steps and --steps-per-image both set the step count: give only one")
+            raise OverrideError(f"{label('max_train_steps')} and {per_image} both set the step count: "
+                                "give only one")
 
 
-def plan_training(images: int, overrides: PlanOverrides | None = None) -> TrainingPlan:
-    """Plan a style-LoRA run for ``images`` training images (times ``num_repeats``)."""
+def plan_training(images: int, overrides: PlanOverrides | None = None, *,
+                  label: Label = override_flag) -> TrainingPlan:
+    """Plan a style-LoRA run for ``images`` training images (times ``num_repeats``); ``label`` as in
+    :func:`validate_overrides`."""
     o = overrides or PlanOverrides()
     if isinstance(images, bool) or not isinstance(images, int) or images < 0:
         raise DatasetError(f"image count {images!r}: expected a whole number >= 0")
     if images == 0:
         raise DatasetError("the dataset has 0 training images: nothing to train on (add .png/.jpg/.webp images)")
-    validate_overrides(o)
+    validate_overrides(o, label=label)
 
     repeats = o.num_repeats or NUM_REPEATS
     batch = o.batch_size or BATCH_SIZE
@@ -225,7 +242,7 @@ def plan_training(images: int, overrides: PlanOverrides | None = None) -> Traini
     schedule = checkpoint_schedule(total, interval)
     if len(schedule) > MAX_CHECKPOINTS:
         raise OverrideError(
-            f"--interval {interval} with {total} steps would write {len(schedule)} checkpoints "
+            f"{label('checkpoint_interval')} {interval} with {total} steps would write {len(schedule)} checkpoints "
             f"(at most {MAX_CHECKPOINTS}): choose an interval of at least {math.ceil(total / MAX_CHECKPOINTS)}"
         )
     dim = o.network_dim or NETWORK_DIM
