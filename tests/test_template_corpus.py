@@ -148,3 +148,22 @@ def test_a_server_with_those_packs_accepts_the_patched_template(comfy_server_fac
                            "--server", server.url], capture_output=True, text=True, timeout=120, env=env,
                           check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_patch_names_the_unchecked_nodes_until_their_schemas_are_given(tmp_path: Path) -> None:
+    snapshot = tmp_path / "foreign.json"
+    snapshot.write_text(json.dumps(foreign_object_info()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAWF_")}
+    env.update({"PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    base = [sys.executable, "-c", "from lorawf.cli import main; main()", "patch", "--images", "43", "--token",
+            "inkwash", "--template", str(TEMPLATES / "headless_single_loop.json"), "-o", str(tmp_path / "out.json")]
+    bare = subprocess.run(base, capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert bare.returncode == 0, bare.stderr
+    assert 'not checked (no node schema; pass --object-info FILE or --server URL): node 146' in bare.stderr
+    assert "no FluxTrainValidate" in bare.stderr
+    checked = subprocess.run([*base, "--object-info", str(snapshot)], capture_output=True, text=True, timeout=60,
+                             env=env, check=False)
+    assert checked.returncode == 0, checked.stderr
+    assert "not checked" not in checked.stderr
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert training_steps(out, all_schemas())[1] == [250] * 6 + [220]

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from lorawf.cli.options import overrides_from, plan_options
+from lorawf.cli.options import ServerOptions, overrides_from, plan_options, schema_options, schemas_from
 from lorawf.cli.output import say
 from lorawf.errors import DriftFound, UsageError
 
 if TYPE_CHECKING:  # the planner is imported when a command runs, not for `lorawf --help`
     from lorawf.training.plan import TrainingPlan
+    from lorawf.workflow.build import BuiltWorkflow
 
 COMMANDS: list[click.Command] = []
 
@@ -83,6 +84,14 @@ def check_outputs(output: str, emit_patch: Path | None) -> None:
         check_write_target(emit_patch)
 
 
+def _echo_patch_notes(built: BuiltWorkflow) -> None:
+    for note in built.patch.notes:
+        say(f"note: {note}", err=True)
+    if built.patch.unchecked:
+        say(f"not checked (no node schema; pass --object-info FILE or --server URL): "
+            f"{', '.join(built.patch.unchecked)}", err=True)
+
+
 @click.command("patch")
 @click.argument("dataset", required=False, type=DATASET_PATH)
 @click.option("--token", required=True, help="Trigger token that replaces STYLE_TOKEN (class_tokens, prompts).")
@@ -95,12 +104,16 @@ def check_outputs(output: str, emit_patch: Path | None) -> None:
               help="Set any other input by node id or class_type, typed from the node schema. Repeatable.")
 @click.option("--emit-patch", type=click.Path(path_type=Path), help="Write the RFC 6902 JSON Patch applied.")
 @click.option("-o", "--output", default="-", show_default=True, help="Output file, or - for stdout.")
+@schema_options
 def patch_command(
     dataset: Path | None, token: str, images: int | None, template: Path | None,
     server_dataset_path: str | None, checkpoint_dir: str | None, output_name: str | None,
-    sets: tuple[str, ...], emit_patch: Path | None, output: str, **kwargs: Any,
+    sets: tuple[str, ...], emit_patch: Path | None, output: str, server: ServerOptions,
+    object_info: Path | None, refresh_schemas: bool, **kwargs: Any,
 ) -> None:
-    """Write a patched training workflow for DATASET (or --images N)."""
+    """Write a patched training workflow for DATASET (or --images N).
+
+    Nodes of other packs pass through; --object-info FILE or --server URL checks them too."""
     from lorawf.fsutil import atomic_write_text
     from lorawf.workflow.build import build_workflow
     from lorawf.workflow.patch import PatchOptions
@@ -110,10 +123,12 @@ def patch_command(
     if server_dataset_path is None and dataset is not None:
         server_dataset_path = str(dataset.resolve()) if images is None else str(dataset)
     options = PatchOptions(token, server_dataset_path, checkpoint_dir, output_name, sets)
-    built = build_workflow(count, options, overrides_from(kwargs), template)
+    schemas = schemas_from(server, object_info, refresh_schemas, over_bundled=True)
+    built = build_workflow(count, options, overrides_from(kwargs), template, schemas)
     if summary:
         say(summary, err=True)
     _echo_plan_summary(built.plan)
+    _echo_patch_notes(built)
     if emit_patch is not None:
         atomic_write_text(emit_patch, json.dumps(built.patch.operations, indent=2, ensure_ascii=False) + "\n")
     if output == "-":
@@ -130,7 +145,9 @@ COMMANDS.append(patch_command)
 @click.option("--presets", type=click.Path(path_type=Path), default=Path("workflows/presets.toml"),
               show_default=True, help="TOML file listing the workflow variants to generate.")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 naming every file that is out of date.")
-def regen_command(presets: Path, check: bool) -> None:
+@click.option("--object-info", "object_info", type=click.Path(path_type=Path, dir_okay=False),
+              help="Node schemas of other packs the templates use (added to the bundled snapshot).")
+def regen_command(presets: Path, check: bool, object_info: Path | None) -> None:
     """Regenerate committed workflow files from a presets file (CI: --check fails on drift)."""
     from lorawf.fsutil import atomic_write_text
     from lorawf.training.plan import overrides_from_names
@@ -138,6 +155,7 @@ def regen_command(presets: Path, check: bool) -> None:
     from lorawf.workflow.patch import PatchOptions
     from lorawf.workflow.regen import load_presets, short_diff
 
+    schemas = schemas_from(ServerOptions(), object_info, False, over_bundled=True)
     drifted: list[str] = []
     for preset in load_presets(presets):
         v = dict(preset.values)
@@ -147,7 +165,7 @@ def regen_command(presets: Path, check: bool) -> None:
             tuple(v.get("set", ())),
         )
         try:
-            built = build_workflow(int(v["images"]), options, overrides, preset.template)
+            built = build_workflow(int(v["images"]), options, overrides, preset.template, schemas)
         except Exception as exc:  # re-raise with the preset's name so CI logs say which one broke
             from lorawf.errors import LorawfError
 

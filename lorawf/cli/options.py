@@ -15,6 +15,7 @@ import click
 from lorawf.training.overrides import OVERRIDE_NAMES
 
 if TYPE_CHECKING:  # imported when a command runs, not for `lorawf --help`
+    from lorawf.comfy.schema import SchemaSet
     from lorawf.net.settings import ServerSettings
     from lorawf.runs.engine import FollowOptions
     from lorawf.training.plan import PlanOverrides
@@ -147,3 +148,33 @@ def overrides_from(kwargs: dict[str, Any]) -> PlanOverrides:
     from lorawf.training.plan import PlanOverrides
 
     return PlanOverrides(**{spec.field: kwargs.pop(spec.field) for spec in OVERRIDE_NAMES})
+
+
+def schema_options(func: F) -> F:
+    """Where node schemas come from: ``--server`` (with the other server options), ``--object-info FILE``,
+    ``--refresh-schemas``; the command gets ``server``, ``object_info`` and ``refresh_schemas``."""
+    func = click.option("--refresh-schemas", is_flag=True, help="Refetch /object_info instead of using the cache.")(func)
+    func = click.option("--object-info", "object_info", type=click.Path(path_type=Path, dir_okay=False),
+                        help="Node schemas from a saved snapshot (see `lorawf object-info`).")(func)
+    return server_options_with("Node schemas of a live server (cached per server and version); default: the "
+                               "bundled snapshot. $LORAWF_TOKEN is sent as a bearer token.")(func)
+
+
+def schemas_from(server: ServerOptions, object_info: Path | None, refresh: bool, *,
+                 over_bundled: bool = False) -> SchemaSet:
+    """Schemas from ``--object-info FILE``, a live ``--server`` (cached), or the bundled snapshot;
+    ``over_bundled`` adds them to the bundled ones (a snapshot of another pack's nodes only is enough)."""
+    from lorawf.comfy.schema import bundled_schemas, load_object_info_file
+    from lorawf.errors import UsageError
+
+    if server.server and object_info:
+        raise UsageError("give either --server or --object-info, not both")
+    if object_info is not None:
+        found = load_object_info_file(object_info)
+    elif server.server:
+        from lorawf.net.schema_cache import server_schemas
+
+        found = server_schemas(server.settings(), refresh=refresh)
+    else:
+        return bundled_schemas()
+    return bundled_schemas().merged(found) if over_bundled else found

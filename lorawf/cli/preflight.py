@@ -10,34 +10,16 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from lorawf.cli.loop import run_async
-from lorawf.cli.options import ServerOptions, server_options, server_options_with
+from lorawf.cli.options import ServerOptions, schema_options, schemas_from, server_options
 from lorawf.cli.output import say
 from lorawf.errors import UsageError, ValidationFailed
 
-if TYPE_CHECKING:  # the schema module loads JSON resources: imported when a command runs
-    from lorawf.comfy.schema import SchemaSet
-
 COMMANDS: list[click.Command] = []
-
-
-def _schemas(server: ServerOptions, object_info: Path | None, refresh: bool) -> SchemaSet:
-    """Schemas from ``--object-info FILE``, a live ``--server`` (cached), or the bundled snapshot."""
-    from lorawf.comfy.schema import bundled_schemas, load_object_info_file
-
-    if server.server and object_info:
-        raise UsageError("give either --server or --object-info, not both")
-    if object_info is not None:
-        return load_object_info_file(object_info)
-    if server.server:
-        from lorawf.net.schema_cache import server_schemas
-
-        return server_schemas(server.settings(), refresh=refresh)
-    return bundled_schemas()
 
 
 def _parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
@@ -48,14 +30,6 @@ def _parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
             raise UsageError(f"--set-model {pair!r}: expected INPUT=FILE or NODE_ID.INPUT=FILE")
         out[key.strip()] = value.strip()
     return out
-
-
-def _schema_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("--refresh-schemas", is_flag=True, help="Refetch /object_info instead of using the cache.")(func)
-    func = click.option("--object-info", "object_info", type=click.Path(path_type=Path, dir_okay=False),
-                        help="Node schemas from a saved snapshot (see `lorawf object-info`).")(func)
-    return server_options_with("Node schemas of a live server (cached per server and version); default: the "
-                               "bundled snapshot. $LORAWF_TOKEN is sent as a bearer token.")(func)
 
 
 def _conversion_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -70,7 +44,7 @@ def _conversion_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.command("validate")
 @click.argument("workflow", type=click.Path(path_type=Path, dir_okay=False))
-@_schema_options
+@schema_options
 @_conversion_options
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as a JSON list.")
 def validate_cmd(workflow: Path, server: ServerOptions, object_info: Path | None, refresh_schemas: bool, set_model: tuple[str, ...], drop_unknown: bool, fix_stale: bool,
@@ -82,7 +56,7 @@ def validate_cmd(workflow: Path, server: ServerOptions, object_info: Path | None
     from lorawf.comfy.preflight import preflight, render_json, render_lines
     from lorawf.workflow.io import load_workflow
 
-    schemas = _schemas(server, object_info, refresh_schemas)
+    schemas = schemas_from(server, object_info, refresh_schemas)
     api, was_ui = load_workflow(workflow, schemas, model_overrides=_parse_overrides(set_model),
                                 fix_stale=fix_stale, drop_unknown=drop_unknown)
     if was_ui:
@@ -101,7 +75,7 @@ def validate_cmd(workflow: Path, server: ServerOptions, object_info: Path | None
 
 @click.command("convert")
 @click.argument("ui_file", metavar="UI.json", type=click.Path(path_type=Path, dir_okay=False))
-@_schema_options
+@schema_options
 @_conversion_options
 @click.option("-o", "--output", default="-", metavar="FILE|-", help="Where to write the API workflow (default stdout).")
 def convert_cmd(ui_file: Path, server: ServerOptions, object_info: Path | None, refresh_schemas: bool, set_model: tuple[str, ...], drop_unknown: bool, fix_stale: bool,
@@ -112,7 +86,7 @@ def convert_cmd(ui_file: Path, server: ServerOptions, object_info: Path | None, 
     from lorawf.workflow.convert import convert_ui
     from lorawf.workflow.io import detect_format, dumps_workflow, read_json
 
-    schemas = _schemas(server, object_info, refresh_schemas)
+    schemas = schemas_from(server, object_info, refresh_schemas)
     data = read_json(ui_file)
     kind = detect_format(data)
     if kind != "ui":
