@@ -143,6 +143,9 @@ def cancel_cmd(prompt_id: str, server: ServerOptions, json_mode: bool) -> None:
               default=Path("lorawf-runs"), show_default=True,
               help="Local folder; each run gets its own subfolder with run.json, checkpoints, validation images.")
 @click.option("--download-as-you-go", is_flag=True, help="Fetch each checkpoint as soon as it is written.")
+@click.option("--resumable", is_flag=True,
+              help="Save the training state with every checkpoint, so `lorawf continue` resumes exactly "
+                   "(about 3x the LoRA's size per checkpoint on the server; said before anything is sent).")
 @click.option("--name", help="Run name (default: TOKEN-<N>img-<UTC date-time>, unique).")
 @click.option("--no-preflight", is_flag=True, help="Do not check the workflow against the server's schemas.")
 @server_options
@@ -151,7 +154,7 @@ def cancel_cmd(prompt_id: str, server: ServerOptions, json_mode: bool) -> None:
 @click.option("--verbose", "-v", is_flag=True, help="Show server tracebacks of failed nodes.")
 def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, server_dataset_path: str | None,
             server_input_dir: str | None, server_output_dir: str | None, template: Path | None,
-            sets: tuple[str, ...], download_root: Path, download_as_you_go: bool, name: str | None,
+            sets: tuple[str, ...], download_root: Path, download_as_you_go: bool, resumable: bool, name: str | None,
             no_preflight: bool, server: ServerOptions, json_mode: bool, timeout: float | None, verbose: bool,
             **kwargs: Any) -> None:
     """Plan, patch, submit and follow a training run for DATASET; download its LoRA files.
@@ -170,7 +173,7 @@ def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, 
         token=token, dataset=dataset, images=images, overrides=overrides_from(kwargs), template=template,
         sets=sets, upload=upload, server_dataset_path=server_dataset_path, server_input_dir=server_input_dir,
         server_output_dir=server_output_dir, download_root=download_root, download_as_you_go=download_as_you_go,
-        preflight=not no_preflight, name=name,
+        preflight=not no_preflight, name=name, resumable=resumable,
     )
     console = make_console(json_mode, settings.secrets, verbose)
     try:
