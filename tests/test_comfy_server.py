@@ -920,7 +920,10 @@ async def test_hostile_output_filename_in_executed_and_history(
         pid = (await post_prompt(client, prompt, "h"))["prompt_id"]
         frames = await sock.until_done(pid)
         hist = (await client.get(f"/history/{pid}")).json()[pid]
-        pid2 = (await post_prompt(client, prompt, "h"))["prompt_id"]
+        # an identical prompt would be served from the cache (with the cached hostile name): change it
+        prompt2 = copy.deepcopy(prompt)
+        prompt2["1"]["inputs"]["color"] = 1
+        pid2 = (await post_prompt(client, prompt2, "h"))["prompt_id"]
         await sock.until_done(pid2)
         hist2 = (await client.get(f"/history/{pid2}")).json()[pid2]
     await sock.close()

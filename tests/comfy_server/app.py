@@ -28,7 +28,14 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tests.comfy_server.executor import NodeFunc, ProgressRegistry, RunResult, execute_prompt
+from tests.comfy_server.executor import (
+    IsChangedFunc,
+    NodeFunc,
+    OutputCache,
+    ProgressRegistry,
+    RunResult,
+    execute_prompt,
+)
 from tests.comfy_server.faults import Faults
 from tests.comfy_server.paths import ComfyPaths
 
@@ -93,17 +100,19 @@ class ServerState:
         nodes: dict[str, NodeFunc] | None = None,
         frontend_dir: Path | None = None,
     ) -> None:
-        from tests.comfy_server.nodes import CORE_NODES
+        from tests.comfy_server.nodes import CORE_IS_CHANGED, CORE_NODES
 
         self.paths = ComfyPaths(root)
         # the web root (``--front-end-root``): the built ComfyUI frontend, served at ``/``
         self.frontend_dir = None if frontend_dir is None else os.path.abspath(frontend_dir)
         self.nodes: dict[str, NodeFunc] = dict(CORE_NODES)
+        self.is_changed_funcs: dict[str, IsChangedFunc] = dict(CORE_IS_CHANGED)
         try:
-            from tests.comfy_server.flux_nodes import FLUX_NODES
+            from tests.comfy_server.flux_nodes import FLUX_IS_CHANGED, FLUX_NODES
         except ImportError:  # phase 2 module not present
-            FLUX_NODES = {}
+            FLUX_NODES, FLUX_IS_CHANGED = {}, {}
         self.nodes.update(FLUX_NODES)
+        self.is_changed_funcs.update(FLUX_IS_CHANGED)
         if nodes:
             self.nodes.update(nodes)
         self.dynamic_object_info = object_info is None
@@ -129,6 +138,11 @@ class ServerState:
         self.last_node_id: str | None = None
         self.interrupt_requested = False
         self.progress = ProgressRegistry()
+        # PromptExecutor.caches (classic cache) and the node classes' own state (class attributes)
+        self.cache = OutputCache()
+        self.node_class_state: dict[str, dict[str, Any]] = {}
+        # not ComfyUI: every FluxTrainLoop run, for tests (kept across restarts, see flux_nodes.train_loop)
+        self.training_log: list[dict[str, Any]] = []
         self.messages: asyncio.Queue[tuple[Any, Any, str | None]] = asyncio.Queue()
         # PromptQueue
         self.queue: list[tuple[Any, str, int, Item]] = []
@@ -320,7 +334,10 @@ class ServerState:
             self.publisher_task = loop.create_task(self.publisher())
 
     async def restart(self, downtime: float = 0.0) -> None:
-        """Forget everything in memory and drop every connection, as a restarted process would."""
+        """Forget everything in memory and drop every connection, as a restarted process would.
+
+        The disk (output folder, state folders, models) is kept, as a real restart keeps it; so is the
+        test-only ``training_log``."""
         if self.worker_task is not None:
             self.worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -335,6 +352,8 @@ class ServerState:
         self.last_node_id = None
         self.interrupt_requested = False
         self.progress = ProgressRegistry()
+        self.cache = OutputCache()
+        self.node_class_state = {}
         self.epoch += 1
         self.abort_sockets()
         self.sockets.clear()
@@ -777,6 +796,8 @@ def make_app(state: ServerState) -> web.Application:
                     "history": list(state.history),
                     "config": state.config,
                     "faults": state.faults.describe(),
+                    "restarts": state.epoch,
+                    "training_log": state.training_log,
                 }
             )
         if kind == "close_ws":

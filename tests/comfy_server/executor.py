@@ -3,13 +3,34 @@
 The order of websocket messages, the execution order of nodes (``ExecutionList`` with
 ``ux_friendly_pick_node``), the progress-state bookkeeping and the shapes of
 ``execution_error``/``execution_interrupted`` follow the source and the recordings.
+
+The output cache is ComfyUI's default ("classic") one (``comfy_execution/caching.py``:
+``HierarchicalCache(CacheKeySetInputSignature)`` for outputs and UI, see :class:`OutputCache`):
+
+* a node's key is its class, its ``IS_CHANGED`` value and its literal inputs, plus those of all its
+  ancestors (``get_node_signature``), so the node id does not matter, only the graph above it;
+* at the start of each prompt every entry whose key is not in the new prompt is dropped, so the cache
+  holds (at most) the nodes of the previous prompt(s) that the new one still contains;
+* ``execution_cached`` lists the prompt's nodes that have an entry; a cached node is never added to the
+  execution list as a dependency, and a cached output node is "run" from the cache: no ``executing``,
+  an ``executed`` with its cached UI (``output: null`` when it had none, e.g. ``FluxTrainEnd``), a
+  finished progress state, and it is not listed in ``executed`` of a later error;
+* outputs of nodes that succeeded stay cached when a later node fails or the run is interrupted;
+* ``IS_CHANGED`` exists only for the classes in the server's ``is_changed`` table (``LoadImage``: the
+  file's sha256; ``TrainDatasetGeneralConfig``: a per-process counter that grows when
+  ``reset_on_queue`` is a literal true). It sees literal inputs only (links are ``None``), its value is
+  written into the prompt as ``"is_changed": [value]`` (what hidden ``PROMPT`` inputs see), and an
+  exception makes it NaN, which never matches. A client-sent ``is_changed`` is used as is.
+
+A restart (``ServerState.restart``) empties the cache, as a new process would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +119,135 @@ class NodeContext:
 
 
 NodeFunc = Callable[[NodeContext, dict[str, Any]], Awaitable[NodeOutput]]
+# ``IS_CHANGED(**literal inputs)``: (server, inputs) -> value
+IsChangedFunc = Callable[["ServerState", dict[str, Any]], Any]
+
+
+class Unhashable:
+    """``comfy_execution.caching.Unhashable``: a key part equal to nothing else."""
+
+    def __init__(self) -> None:
+        self.value = float("NaN")
+
+
+def to_hashable(obj: Any) -> Any:
+    """``comfy_execution.caching.to_hashable``."""
+    if isinstance(obj, (int, float, str, bool, type(None))):
+        return obj
+    if isinstance(obj, Mapping):
+        return frozenset([(to_hashable(k), to_hashable(v)) for k, v in sorted(obj.items())])
+    if isinstance(obj, Sequence):
+        return frozenset(zip(itertools.count(), [to_hashable(i) for i in obj]))
+    return Unhashable()
+
+
+class OutputCache:
+    """The classic ``CacheSet``'s ``outputs`` and ``ui`` caches, keyed by input signature."""
+
+    def __init__(self) -> None:
+        self.outputs: dict[Any, tuple[Any, ...]] = {}
+        self.ui: dict[Any, dict[str, Any]] = {}
+        self.keys: dict[str, Any] = {}
+
+    def set_prompt(self, keys: dict[str, Any]) -> None:
+        """``set_prompt`` + ``clean_unused``: keep only the entries the new prompt still uses."""
+        self.keys = keys
+        used = set(keys.values())
+        self.outputs = {k: v for k, v in self.outputs.items() if k in used}
+        self.ui = {k: v for k, v in self.ui.items() if k in used}
+
+    def get(self, node_id: str) -> tuple[Any, ...] | None:
+        key = self.keys.get(node_id)
+        return None if key is None else self.outputs.get(key)
+
+    def get_ui(self, node_id: str) -> dict[str, Any] | None:
+        key = self.keys.get(node_id)
+        return None if key is None else self.ui.get(key)
+
+    def set(self, node_id: str, outputs: tuple[Any, ...]) -> None:
+        self.outputs[self.keys[node_id]] = outputs
+
+    def set_ui(self, node_id: str, entry: dict[str, Any]) -> None:
+        self.ui[self.keys[node_id]] = entry
+
+
+class CacheKeys:
+    """``IsChangedCache`` + ``CacheKeySetInputSignature`` for one prompt."""
+
+    def __init__(
+        self,
+        server: ServerState,
+        prompt: dict[str, Any],
+        object_info: dict[str, Any],
+        extra_data: dict[str, Any],
+    ) -> None:
+        self.server = server
+        self.prompt = prompt
+        self.object_info = object_info
+        self.extra_data = extra_data
+        self.is_changed: dict[str, Any] = {}
+
+    def get_is_changed(self, node_id: str) -> Any:
+        if node_id in self.is_changed:
+            return self.is_changed[node_id]
+        node = self.prompt[node_id]
+        class_type = node["class_type"]
+        func = self.server.is_changed_funcs.get(class_type)
+        if func is None:
+            self.is_changed[node_id] = False
+            return False
+        if "is_changed" in node:
+            self.is_changed[node_id] = node["is_changed"]
+            return node["is_changed"]
+        # "Intentionally do not use cached outputs here. We only want constants in IS_CHANGED"
+        inputs = _input_data(
+            self.prompt, node_id, self.object_info.get(class_type, {}), None, self.extra_data
+        )
+        try:
+            node["is_changed"] = [func(self.server, inputs)]
+        except Exception:  # noqa: BLE001 - upstream logs a warning and uses NaN
+            node["is_changed"] = float("NaN")
+        self.is_changed[node_id] = node["is_changed"]
+        return node["is_changed"]
+
+    def signature(self, node_id: str) -> Any:
+        ancestors: list[str] = []
+        order: dict[str, int] = {}
+        self._ancestry(node_id, ancestors, order)
+        signature = [self._immediate(node_id, order)]
+        signature.extend(self._immediate(a, order) for a in ancestors)
+        return to_hashable(signature)
+
+    def _immediate(self, node_id: str, order: dict[str, int]) -> list[Any]:
+        if node_id not in self.prompt:
+            return [float("NaN")]
+        node = self.prompt[node_id]
+        class_type = node["class_type"]
+        signature: list[Any] = [class_type, self.get_is_changed(node_id)]
+        hidden = (self.object_info.get(class_type, {}).get("input") or {}).get("hidden") or {}
+        if "UNIQUE_ID" in hidden.values():
+            signature.append(node_id)
+        inputs = node["inputs"]
+        for key in sorted(inputs):
+            value = inputs[key]
+            if is_link(value):
+                signature.append((key, ("ANCESTOR", order[value[0]], value[1])))
+            else:
+                signature.append((key, value))
+        return signature
+
+    def _ancestry(self, node_id: str, ancestors: list[str], order: dict[str, int]) -> None:
+        if node_id not in self.prompt:
+            return
+        inputs = self.prompt[node_id]["inputs"]
+        for key in sorted(inputs):
+            value = inputs[key]
+            if is_link(value):
+                ancestor = value[0]
+                if ancestor not in order:
+                    ancestors.append(ancestor)
+                    order[ancestor] = len(ancestors) - 1
+                    self._ancestry(ancestor, ancestors, order)
 
 
 @dataclass
@@ -139,15 +289,30 @@ class ProgressRegistry:
 
 
 class ExecutionList:
-    """``comfy_execution.graph.ExecutionList`` without lazy inputs, subgraphs or caching."""
+    """``comfy_execution.graph.ExecutionList`` without lazy inputs or subgraphs; cached nodes are not
+    added as dependencies (``is_cached``)."""
 
-    def __init__(self, prompt: dict[str, Any], is_output: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        prompt: dict[str, Any],
+        is_output: Callable[[str], bool],
+        is_cached: Callable[[str], bool] = lambda _node_id: False,
+    ) -> None:
         self.prompt = prompt
         self.is_output = is_output
+        self.is_cached = is_cached
         self.pending: dict[str, bool] = {}
         self.block_count: dict[str, int] = {}
         self.blocking: dict[str, dict[str, dict[int, bool]]] = {}
         self.staged: str | None = None
+
+    def add_strong_link(self, from_id: str, slot: int, to_id: str) -> None:
+        if not self.is_cached(from_id):
+            self.add_node(from_id)
+            if to_id not in self.blocking[from_id]:
+                self.blocking[from_id][to_id] = {}
+                self.block_count[to_id] += 1
+            self.blocking[from_id][to_id][slot] = True
 
     def add_node(self, unique_id: str) -> None:
         node_ids = [unique_id]
@@ -162,14 +327,11 @@ class ExecutionList:
             for value in self.prompt[uid]["inputs"].values():
                 if is_link(value):
                     from_id, slot = value
-                    node_ids.append(from_id)
-                    links.append((from_id, int(slot), uid))
-        for from_id, slot, to_id in links:
-            if to_id not in self.blocking[from_id]:
-                self.blocking[from_id][to_id] = {}
-            if slot not in self.blocking[from_id][to_id]:
-                self.blocking[from_id][to_id][slot] = True
-                self.block_count[to_id] += 1
+                    if not self.is_cached(from_id):
+                        node_ids.append(from_id)
+                        links.append((from_id, int(slot), uid))
+        for link in links:
+            self.add_strong_link(*link)
 
     def is_empty(self) -> bool:
         return not self.pending
@@ -201,7 +363,8 @@ class ExecutionList:
         assert node_id is not None
         del self.pending[node_id]
         for blocked in self.blocking[node_id]:
-            self.block_count[blocked] -= len(self.blocking[node_id][blocked])
+            self.block_count[blocked] -= 1
+        del self.blocking[node_id]
         self.staged = None
 
 
@@ -234,12 +397,14 @@ async def execute_prompt(
 
     add_message("execution_start", {"prompt_id": prompt_id}, broadcast=False)
     server.progress = ProgressRegistry()
-    add_message("execution_cached", {"nodes": [], "prompt_id": prompt_id}, broadcast=False)
-
     object_info = server.object_info()
-    ui_outputs: dict[str, Any] = {}
-    meta_outputs: dict[str, Any] = {}
-    results: dict[str, tuple[Any, ...]] = {}
+    cache = server.cache
+    keys = CacheKeys(server, prompt, object_info, extra_data)
+    cache.set_prompt({node_id: keys.signature(node_id) for node_id in prompt})
+    cached_nodes = [node_id for node_id in prompt if cache.get(node_id) is not None]
+    add_message("execution_cached", {"nodes": cached_nodes, "prompt_id": prompt_id}, broadcast=False)
+
+    reached: list[str] = []  # nodes run or served from the cache, in order (for the history outputs)
     executed: list[str] = []
     current_outputs = list(prompt.keys())
 
@@ -247,7 +412,7 @@ async def execute_prompt(
         info = object_info.get(prompt[node_id]["class_type"], {})
         return bool(info.get("output_node", False))
 
-    execution_list = ExecutionList(prompt, is_output)
+    execution_list = ExecutionList(prompt, is_output, lambda node_id: cache.get(node_id) is not None)
     for node_id in list(execute_outputs):
         execution_list.add_node(node_id)
 
@@ -257,12 +422,30 @@ async def execute_prompt(
         if node_id is None:  # a dependency cycle (validation would normally have caught it)
             break
         class_type = prompt[node_id]["class_type"]
+        if cache.get(node_id) is not None:  # execution.execute: served from the cache
+            if server.client_id is not None:
+                cached_ui = cache.get_ui(node_id) or {}
+                server.send_sync(
+                    "executed",
+                    {
+                        "node": node_id,
+                        "display_node": node_id,
+                        "output": cached_ui.get("output", None),
+                        "prompt_id": prompt_id,
+                    },
+                    server.client_id,
+                )
+            server.progress.finish(node_id)
+            server.send_progress_state(prompt_id)
+            reached.append(node_id)
+            execution_list.complete()
+            continue
         ctx = NodeContext(server, prompt_id, node_id, class_type, prompt, extra_data)
         input_data: dict[str, Any] | None = None
         try:
             server.progress.start(node_id)
             server.send_progress_state(prompt_id)
-            input_data = _input_data(prompt, node_id, object_info.get(class_type, {}), results, extra_data)
+            input_data = _input_data(prompt, node_id, object_info.get(class_type, {}), cache, extra_data)
             if server.client_id is not None:
                 server.last_node_id = node_id
                 server.send_sync(
@@ -277,22 +460,22 @@ async def execute_prompt(
                 raise SimulatedError(f"the fake server does not simulate {class_type}", "NotImplementedError")
             node_args = {k: v for k, v in input_data.items()}
             out = await func(ctx, node_args)
-            results[node_id] = out.outputs
             if out.ui:
                 ui = server.apply_output_faults(out.ui)
-                ui_outputs[node_id] = ui
-                meta_outputs[node_id] = {
+                meta = {
                     "node_id": node_id,
                     "display_node": node_id,
                     "parent_node": None,
                     "real_node_id": node_id,
                 }
+                cache.set_ui(node_id, {"meta": meta, "output": ui})
                 if server.client_id is not None:
                     server.send_sync(
                         "executed",
                         {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": prompt_id},
                         server.client_id,
                     )
+            cache.set(node_id, tuple(out.outputs))
         except InterruptProcessing:
             success = False
             add_message(
@@ -330,9 +513,18 @@ async def execute_prompt(
         server.progress.finish(node_id)
         server.send_progress_state(prompt_id)
         executed.append(node_id)
+        reached.append(node_id)
         execution_list.complete()
     else:
         add_message("execution_success", {"prompt_id": prompt_id}, broadcast=False)
+    # history outputs: every node of the prompt with a cached UI (upstream: ``caches.ui.all_node_ids()``)
+    ui_outputs: dict[str, Any] = {}
+    meta_outputs: dict[str, Any] = {}
+    for node_id in [*reached, *(n for n in prompt if n not in reached)]:
+        entry = cache.get_ui(node_id)
+        if entry is not None:
+            ui_outputs[node_id] = entry["output"]
+            meta_outputs[node_id] = entry["meta"]
     server.last_node_id = None
     return RunResult(success, messages, ui_outputs, meta_outputs)
 
@@ -341,10 +533,11 @@ def _input_data(
     prompt: dict[str, Any],
     node_id: str,
     info: dict[str, Any],
-    results: dict[str, tuple[Any, ...]],
+    results: OutputCache | None,
     extra_data: dict[str, Any],
 ) -> dict[str, Any]:
-    """``execution.get_input_data``: declared inputs in prompt order, then the hidden ones."""
+    """``execution.get_input_data``: declared inputs in prompt order, then the hidden ones
+    (``results`` None: links are missing, as for ``IS_CHANGED``)."""
     declared = info.get("input", {}) or {}
     known: set[str] = set()
     for section in ("required", "optional"):
@@ -352,7 +545,7 @@ def _input_data(
     data: dict[str, Any] = {}
     for name, value in prompt[node_id]["inputs"].items():
         if is_link(value):
-            out = results.get(value[0])
+            out = None if results is None else results.get(value[0])
             slot = int(value[1])
             data[name] = out[slot] if out is not None and slot < len(out) else None
         elif name in known:

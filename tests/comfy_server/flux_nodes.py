@@ -6,21 +6,65 @@ Files, names, return values and step semantics follow docs/fluxtrainer.md (§4, 
 reported as progress); ``FluxTrainSave``/``FluxTrainEnd`` write small fake ``.safetensors``;
 ``FluxTrainValidate`` writes PNGs under ``<output_dir>/sample/`` and returns an IMAGE batch.
 0-byte model files fail in Init as recorded (``SafetensorError: ... header too small``).
+
+Continuing a run (docs/fluxtrainer.md §5.5, §5.6):
+
+* ``FluxTrainSave(save_state=true)`` writes ``<name>-step{g:05d}-state/`` and ``FluxTrainEnd(save_state=true)``
+  ``<name>-state/`` (before ``<name>.safetensors``), each with ``model.safetensors``, ``optimizer.bin``,
+  ``scheduler.bin``, ``random_states_0.pkl`` (and ``scaler.pt`` for ``gradient_dtype`` fp16) and
+  ``train_state.json`` ``{"current_epoch": <pass counter>, "current_step": g}``. As in kohya, ``current_step`` is
+  ``current_step.value + 1``, i.e. g after any training, but 1 when no batch ran since Init. Existing files
+  are overwritten silently.
+* ``FluxTrainResume`` returns ``{"resume": load_state_path, "skip_until_initial_step": bool}`` and checks
+  nothing; Init applies it last. ``FluxTrainModelSelect.lora_path`` becomes ``network_weights``.
+* Init, after writing its two JSON dumps and checking the model files: a missing ``lora_path`` fails
+  (``FileNotFoundError``, ``No such file or directory: "<path>"`` for ``.safetensors``, ``[Errno 2] ...
+  '<path>'`` otherwise); a ``resume`` path that is not a folder fails (``ValueError: Tried to find <path> but
+  folder does not exist``, ``~`` expanded); then ``train_state.json`` (if present) gives S; a missing
+  ``model.safetensors`` (and no ``pytorch_model.bin``) fails with ``FileNotFoundError: [Errno 2] No such file or
+  directory: '<path>/pytorch_model.bin'``, likewise ``optimizer.bin``, ``scheduler.bin`` (and ``scaler.pt`` for
+  fp16); a missing ``random_states_0.pkl`` is tolerated; then S > 0 with ``max_train_steps`` <= S fails with
+  ``AssertionError: max_train_steps should be greater than initial step: N vs S``.
+* After every Init the trainer's step g and pass counter start at 0: loops stay relative, names and
+  ``ss_steps`` use g. A resumed trainer keeps S and the scheduler position read from the state's
+  ``scheduler.bin`` (equal to S for a state written without a resume, S + g after one) plus the state's base
+  LR; ``skip_until_initial_step`` only shortens the first pass by S mod L batches (pass boundaries).
+
+Test-only observability (not FluxTrainer): every fake ``.safetensors`` written (step files, final file, a state's
+``model.safetensors``) carries ``__metadata__["fake_trainer"]``, a JSON string (see :meth:`Trainer.record`) with
+``global_step`` (g), ``resumed_from_step`` (S or null), ``resumed_from`` (state path or null), ``scheduler_step``
+(the LR schedule position, S + g after a first resume), ``weights_from`` (``lora_path`` or null),
+``trained_steps`` (optimizer steps in the weights, counting those of the ``lora_path`` file or state model when
+they are fake files themselves, else null) and ``base_lr``; a state's ``scheduler.bin`` is JSON with
+``last_epoch`` (the schedule position). Every ``FluxTrainLoop`` appends an entry to the server's
+``training_log`` (``ComfyServer.state()["training_log"]``), see :func:`train_loop`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tests.comfy_server.executor import NodeContext, NodeFunc, NodeOutput, SimulatedError
+from tests.comfy_server.executor import (
+    InterruptProcessing,
+    IsChangedFunc,
+    NodeContext,
+    NodeFunc,
+    NodeOutput,
+    SimulatedError,
+)
 from tests.comfy_server.nodes import FakeImage, ImageBatch
 from tests.comfy_server.paths import IMAGE_EXTENSIONS
+
+if TYPE_CHECKING:
+    from tests.comfy_server.app import ServerState
 
 _MODEL_FOLDERS = {
     "transformer": "diffusion_models",
@@ -42,12 +86,40 @@ class Trainer:
     sample_prompts: str
     save_dtype: str
     network_dim: int
-    global_step: int = 0
-    epoch: int = 0
+    gradient_dtype: str = "fp32"
+    global_step: int = 0  # g: restarts at 0 after every Init, resumed or not
+    epoch: int = 0  # kohya's current_epoch: training_loop calls (passes started)
+    last_batch_step: int = 0  # kohya's current_step.value: g when the last batch began
     metadata: dict[str, str] = field(default_factory=dict)
+    # where the run continues from
+    resume_path: str | None = None  # resume_args["resume"] as given
+    resumed_from_step: int | None = None  # S: train_state.json current_step of that state
+    scheduler_offset: int = 0  # the LR scheduler's step count restored from the state
+    base_lr: float = 0.0  # restored from the state when resuming
+    weights_from: str | None = None  # lora_path (network_weights) as given
+    weights_steps: int | None = 0  # optimizer steps already in the starting weights (None: unknown)
+    skip_batches: int = 0  # skip_until_initial_step: batches the first pass discards
+    init_prompt_id: str = ""
 
     def __str__(self) -> str:
         return f"<FluxNetworkTrainer {self.name} step {self.global_step}>"
+
+    @property
+    def scheduler_step(self) -> int:
+        """The LR schedule position: the restored scheduler count plus the steps trained since Init."""
+        return self.scheduler_offset + self.global_step
+
+    def record(self) -> dict[str, Any]:
+        """What a fake checkpoint says about how it came about (test-only, see the module docstring)."""
+        return {
+            "global_step": self.global_step,
+            "resumed_from_step": self.resumed_from_step,
+            "resumed_from": self.resume_path,
+            "scheduler_step": self.scheduler_step,
+            "weights_from": self.weights_from,
+            "trained_steps": None if self.weights_steps is None else self.weights_steps + self.global_step,
+            "base_lr": self.base_lr,
+        }
 
 
 def fake_safetensors(metadata: dict[str, str]) -> bytes:
@@ -56,9 +128,48 @@ def fake_safetensors(metadata: dict[str, str]) -> bytes:
     return len(header).to_bytes(8, "little") + header
 
 
+def read_fake_record(path: str) -> dict[str, Any] | None:
+    """The ``fake_trainer`` record of a fake ``.safetensors`` written by this module, or None."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= 1 << 20:
+                return None
+            header = json.loads(f.read(size))
+        record = json.loads(header["__metadata__"]["fake_trainer"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _write(path: str, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
+
+
+def _checkpoint(trainer: Trainer, metadata: dict[str, str]) -> bytes:
+    return fake_safetensors({**metadata, "fake_trainer": json.dumps(trainer.record())})
+
+
+def save_state(trainer: Trainer, folder: str) -> None:
+    """``accelerator.save_state(folder)`` with FluxTrainer's hooks (T:722-740), small fake contents."""
+    os.makedirs(folder, exist_ok=True)
+    # the save hook: "+1 is needed because the state is saved before current_step is set from global_step"
+    train_state = {"current_epoch": trainer.epoch, "current_step": trainer.last_batch_step + 1}
+    _write(os.path.join(folder, "train_state.json"), json.dumps(train_state).encode())
+    _write(os.path.join(folder, "model.safetensors"), _checkpoint(trainer, dict(trainer.metadata)))
+    step = trainer.scheduler_step
+    _write(os.path.join(folder, "optimizer.bin"), json.dumps({"fake": "optimizer", "step": step}).encode())
+    scheduler = {
+        "fake": "LambdaLR",
+        "last_epoch": step,
+        "_step_count": step + 1,
+        "base_lrs": [trainer.base_lr],
+    }
+    _write(os.path.join(folder, "scheduler.bin"), json.dumps(scheduler).encode())
+    if trainer.gradient_dtype == "fp16":
+        _write(os.path.join(folder, "scaler.pt"), json.dumps({"fake": "GradScaler"}).encode())
+    _write(os.path.join(folder, "random_states_0.pkl"), pickle.dumps({"fake": "random_states", "step": step}))
 
 
 async def model_select(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
@@ -119,6 +230,81 @@ async def optimizer_config(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput
     return NodeOutput((settings,))
 
 
+def general_config_is_changed(server: ServerState, inputs: dict[str, Any]) -> Any:
+    """``TrainDatasetGeneralConfig.IS_CHANGED``: a class counter, bumped when ``reset_on_queue`` is true."""
+    state = server.node_class_state.setdefault("TrainDatasetGeneralConfig", {"queue_counter": 0})
+    if inputs.get("reset_on_queue", False):
+        state["queue_counter"] += 1
+    return state["queue_counter"]
+
+
+async def train_resume(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
+    """``FluxTrainResume.resume`` (N:1146-1152): no checks."""
+    return NodeOutput(
+        ({"resume": args["load_state_path"], "skip_until_initial_step": args["skip_until_initial_step"]},)
+    )
+
+
+def _missing(path: str) -> FileNotFoundError:
+    return FileNotFoundError(2, "No such file or directory", path)
+
+
+def _check_lora_path(ctx: NodeContext, lora_path: str) -> int | None:
+    """``network.load_weights(lora_path)`` (lora_flux.py:632-641); returns the steps in the weights if known."""
+    resolved = ctx.server.paths.resolve_server_path(lora_path)
+    is_safetensors = os.path.splitext(lora_path)[1] == ".safetensors"
+    if not os.path.exists(resolved):
+        if is_safetensors:  # safetensors < 0.6 (from 0.6 the path has no quotes)
+            raise SimulatedError(f'No such file or directory: "{lora_path}"', "FileNotFoundError")
+        raise _missing(lora_path)  # torch.load
+    if os.path.isdir(resolved):
+        raise IsADirectoryError(21, "Is a directory", lora_path)
+    if is_safetensors and os.path.getsize(resolved) < 8:
+        raise SimulatedError(
+            "Error while deserializing header: header too small",
+            "safetensors._safetensors_rust.SafetensorError",
+        )
+    record = read_fake_record(resolved)
+    steps = None if record is None else record.get("trained_steps")
+    return steps if isinstance(steps, int) else None
+
+
+def _load_state(ctx: NodeContext, resume: str, gradient_dtype: str) -> dict[str, Any]:
+    """``accelerator.load_state(resume)`` with FluxTrainer's load hook (T:744-761), in that order."""
+    input_dir = os.path.expanduser(resume)
+    resolved = ctx.server.paths.resolve_server_path(input_dir)
+    if not os.path.isdir(resolved):
+        raise SimulatedError(f"Tried to find {input_dir} but folder does not exist", "ValueError")
+    steps_from_state = None
+    train_state = os.path.join(resolved, "train_state.json")
+    if os.path.exists(train_state):  # the pre-hook; a broken file raises as json/KeyError would
+        with open(train_state, encoding="utf-8") as f:
+            steps_from_state = json.load(f)["current_step"]
+    model = os.path.join(resolved, "model.safetensors")
+    if not os.path.isfile(model) and not os.path.isfile(os.path.join(resolved, "pytorch_model.bin")):
+        raise _missing(os.path.join(input_dir, "pytorch_model.bin"))
+    needed = ["optimizer.bin", "scheduler.bin"] + (["scaler.pt"] if gradient_dtype == "fp16" else [])
+    for name in needed:
+        if not os.path.isfile(os.path.join(resolved, name)):
+            raise _missing(os.path.join(input_dir, name))
+    # random_states_0.pkl: accelerate logs "Could not load random states" and goes on
+    scheduler: dict[str, Any] = {}
+    try:
+        with open(os.path.join(resolved, "scheduler.bin"), encoding="utf-8") as f:
+            loaded = json.load(f)
+        scheduler = loaded if isinstance(loaded, dict) else {}
+    except (OSError, ValueError):
+        pass  # not one of ours: the position falls back to S
+    record = read_fake_record(model) if os.path.isfile(model) else None
+    weights = None if record is None else record.get("trained_steps")
+    return {
+        "steps_from_state": steps_from_state,
+        "scheduler_step": scheduler.get("last_epoch"),
+        "base_lrs": scheduler.get("base_lrs"),
+        "weights_steps": weights if isinstance(weights, int) else None,
+    }
+
+
 async def init_lora(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
     output_name = str(args["output_name"])
     output_dir = str(args["output_dir"])
@@ -136,11 +322,18 @@ async def init_lora(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
     kohya_args = {
         k: v
         for k, v in args.items()
-        if k not in ("flux_models", "dataset", "optimizer_settings", "prompt", "extra_pnginfo")
+        if k not in ("flux_models", "dataset", "optimizer_settings", "prompt", "extra_pnginfo", "resume_args")
     }
     kohya_args["output_name"] = f"{output_name}_rank{args['network_dim']}_{args['save_dtype']}"
     kohya_args["pretrained_model_name_or_path"] = args["flux_models"]["transformer"]
+    lora_path = str(args["flux_models"].get("lora_path") or "")
+    if lora_path:
+        kohya_args["network_weights"] = lora_path
     kohya_args["optimizer"] = args["optimizer_settings"]
+    resume_args = args.get("resume_args")
+    if resume_args and isinstance(resume_args, dict):  # applied last (N:597-601)
+        kohya_args.update(resume_args)
+    resume = str(kohya_args.get("resume") or "")
     _write(os.path.join(resolved, f"{output_name}_args.json"), json.dumps(kohya_args, indent=4).encode())
     extra = args.get("extra_pnginfo")
     workflow = extra["workflow"] if isinstance(extra, dict) else args.get("prompt")
@@ -152,8 +345,23 @@ async def init_lora(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
                 "Error while deserializing header: header too small",
                 "safetensors._safetensors_rust.SafetensorError",
             )
-    await ctx.sleep(ctx.server.config["step_delay"])
     n = int(args["max_train_steps"])
+    gradient_dtype = str(args.get("gradient_dtype", "fp32"))
+    weights_steps: int | None = 0
+    if lora_path:  # init_train loads network_weights first (T:513-516)
+        weights_steps = _check_lora_path(ctx, lora_path)
+    state: dict[str, Any] | None = None
+    if resume:  # then resume_from_local_or_hf_if_specified (T:767)
+        state = _load_state(ctx, resume, gradient_dtype)
+        weights_steps = state["weights_steps"]  # model.safetensors replaces the lora_path weights
+    steps_from_state = None if state is None else state["steps_from_state"]
+    initial_step = steps_from_state or 0
+    if initial_step > 0 and not n > initial_step:  # T:1033-1036
+        raise SimulatedError(
+            f"max_train_steps should be greater than initial step: {n} vs {initial_step}", "AssertionError"
+        )
+    await ctx.sleep(ctx.server.config["step_delay"])
+    learning_rate = float(args.get("learning_rate", 0.0))
     trainer = Trainer(
         name=kohya_args["output_name"],
         output_dir=output_dir,
@@ -163,40 +371,93 @@ async def init_lora(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
         sample_prompts=str(args["sample_prompts"]),
         save_dtype=str(args["save_dtype"]),
         network_dim=int(args["network_dim"]),
+        gradient_dtype=gradient_dtype,
+        base_lr=learning_rate,
+        weights_from=lora_path or None,
+        weights_steps=weights_steps,
+        init_prompt_id=ctx.prompt_id,
     )
+    if state is not None:
+        trainer.resume_path = resume
+        trainer.resumed_from_step = steps_from_state
+        scheduler_step = state["scheduler_step"]
+        trainer.scheduler_offset = scheduler_step if isinstance(scheduler_step, int) else initial_step
+        base_lrs = state["base_lrs"]
+        if isinstance(base_lrs, list) and base_lrs and isinstance(base_lrs[0], (int, float)):
+            trainer.base_lr = float(base_lrs[0])  # the base LR comes from the state
+        if kohya_args.get("skip_until_initial_step") and initial_step > 0:
+            trainer.skip_batches = initial_step % steps_per_pass  # T:1047-1050, T:1118-1121
     trainer.metadata = {"ss_network_dim": str(trainer.network_dim), "ss_max_train_steps": str(n)}
     return NodeOutput((trainer, math.ceil(n / steps_per_pass), kohya_args))
 
 
 async def train_loop(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
+    """``FluxTrainLoop.train``: relative target g + steps, guard g >= max_train_steps.
+
+    Appends to the server's ``training_log`` (test-only) one entry per run, also when interrupted:
+    ``prompt_id``, ``node``, ``trainer`` (``<name>``), ``output_dir`` (resolved), ``g_from``/``g_to`` (the
+    relative step before and after), ``from_step``/``to_step`` (the same as LR schedule positions: S + g after a
+    first resume, so the steps trained are from_step + 1 .. to_step), ``resumed_from`` (S or None),
+    ``resume_path``, ``weights_from``, ``outcome`` (``completed``, ``interrupted``, ``cancelled`` by a restart,
+    ``error``) and ``restarts`` (how many restarts preceded it)."""
     trainer: Trainer = args["network_trainer"]
     steps = int(args["steps"])
     target = trainer.global_step + steps
+    g_from, s_from = trainer.global_step, trainer.scheduler_step
     counted = 0
-    while trainer.global_step < target:
-        trainer.epoch += 1  # one training_loop call = one (possibly partial) dataloader pass
-        for _ in range(trainer.steps_per_pass):
-            ctx.check_interrupt()
-            await ctx.sleep(ctx.server.config["step_delay"])
-            trainer.global_step += 1
-            if trainer.global_step >= target:
-                break  # the step that reaches the break target is not reported
-            counted += 1
-            await ctx.progress(counted, steps)
-        if trainer.global_step >= trainer.max_train_steps:
-            break
+    outcome = "error"
+    try:
+        while trainer.global_step < target:
+            trainer.epoch += 1  # one training_loop call = one (possibly partial) dataloader pass
+            batches = trainer.steps_per_pass - trainer.skip_batches  # skip_until_initial_step, first pass
+            trainer.skip_batches = 0
+            for _ in range(batches):
+                ctx.check_interrupt()
+                trainer.last_batch_step = trainer.global_step
+                await ctx.sleep(ctx.server.config["step_delay"])
+                trainer.global_step += 1
+                if trainer.global_step >= target:
+                    break  # the step that reaches the break target is not reported
+                counted += 1
+                await ctx.progress(counted, steps)
+            if trainer.global_step >= trainer.max_train_steps:
+                break
+        outcome = "completed"
+    except InterruptProcessing:
+        outcome = "interrupted"
+        raise
+    except asyncio.CancelledError:
+        outcome = "cancelled"
+        raise
+    finally:
+        ctx.server.training_log.append(
+            {
+                "prompt_id": ctx.prompt_id,
+                "node": ctx.node_id,
+                "trainer": trainer.name,
+                "output_dir": trainer.output_path,
+                "g_from": g_from,
+                "g_to": trainer.global_step,
+                "from_step": s_from,
+                "to_step": trainer.scheduler_step,
+                "resumed_from": trainer.resumed_from_step,
+                "resume_path": trainer.resume_path,
+                "weights_from": trainer.weights_from,
+                "outcome": outcome,
+                "restarts": ctx.server.epoch,
+            }
+        )
     return NodeOutput((trainer, trainer.global_step))
 
 
 async def train_save(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
     trainer: Trainer = args["network_trainer"]
     file = f"{trainer.name}-step{trainer.global_step:05d}.safetensors"
-    data = fake_safetensors({**trainer.metadata, "ss_steps": str(trainer.global_step)})
+    data = _checkpoint(trainer, {**trainer.metadata, "ss_steps": str(trainer.global_step)})
     _write(os.path.join(trainer.output_path, file), data)
     if args.get("save_state"):
-        os.makedirs(
-            os.path.join(trainer.output_path, f"{trainer.name}-step{trainer.global_step:05d}-state"),
-            exist_ok=True,
+        save_state(
+            trainer, os.path.join(trainer.output_path, f"{trainer.name}-step{trainer.global_step:05d}-state")
         )
     if args.get("copy_to_comfy_lora_folder"):
         dest = ctx.server.paths.root / "models" / "loras" / "flux_trainer"
@@ -240,10 +501,10 @@ async def train_end(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
         "ss_epoch": str(epochs),
         "ss_training_finished_at": str(time.time()),
     }
-    if args.get("save_state"):
-        os.makedirs(os.path.join(trainer.output_path, f"{trainer.name}-state"), exist_ok=True)
+    if args.get("save_state"):  # before the final file (N:1113-1117)
+        save_state(trainer, os.path.join(trainer.output_path, f"{trainer.name}-state"))
     file = f"{trainer.name}.safetensors"
-    _write(os.path.join(trainer.output_path, file), fake_safetensors(metadata))
+    _write(os.path.join(trainer.output_path, file), _checkpoint(trainer, metadata))
     return NodeOutput((trainer.name, json.dumps(metadata, indent=4), os.path.join(trainer.output_dir, file)))
 
 
@@ -258,4 +519,10 @@ FLUX_NODES: dict[str, NodeFunc] = {
     "FluxTrainValidationSettings": validation_settings,
     "FluxTrainValidate": train_validate,
     "FluxTrainEnd": train_end,
+    "FluxTrainResume": train_resume,
+}
+
+# The FluxTrainer classes with an ``IS_CHANGED``.
+FLUX_IS_CHANGED: dict[str, IsChangedFunc] = {
+    "TrainDatasetGeneralConfig": general_config_is_changed,
 }

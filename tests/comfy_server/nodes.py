@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tests.comfy_server.executor import NodeContext, NodeFunc, NodeOutput
+from tests.comfy_server.executor import IsChangedFunc, NodeContext, NodeFunc, NodeOutput
 from tests.comfy_server.paths import save_path
 from tests.comfy_server.png import color_to_rgb, make_png
+
+if TYPE_CHECKING:
+    from tests.comfy_server.app import ServerState
 
 
 class FakeImage:
@@ -184,4 +188,17 @@ CORE_NODES: dict[str, NodeFunc] = {
     "StringReplace": string_replace,
     "LoadImage": load_image,
     "ImageInvert": image_invert,
+}
+
+
+def load_image_is_changed(server: ServerState, inputs: dict[str, Any]) -> str:
+    """``LoadImage.IS_CHANGED``: the sha256 of the file (a missing file raises, which means NaN)."""
+    name, base = server.paths.annotated_filepath(str(inputs["image"]))
+    with open(os.path.join(base or server.paths.input, name), "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+# The core classes with an ``IS_CHANGED`` (the others are cached by their inputs alone).
+CORE_IS_CHANGED: dict[str, IsChangedFunc] = {
+    "LoadImage": load_image_is_changed,
 }

@@ -15,6 +15,11 @@
 
 The handle (:class:`ComfyServer`) offers ``.url``, ``.ws_url``, ``.port``, ``.root``,
 ``.control(kind, **params)``, ``.requests()``, ``.clear_requests()``, ``.state()``, ``.stop()``.
+
+``.state()`` (``control("state")``) also gives ``restarts`` (how many ``control("restart")`` happened) and
+``training_log``: one entry per ``FluxTrainLoop`` run in this server, kept across restarts (see
+:func:`tests.comfy_server.flux_nodes.train_loop`). A restart forgets memory (queue, history, ComfyUI's output
+cache) but keeps the disk.
 """
 
 from __future__ import annotations
