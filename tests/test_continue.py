@@ -1,0 +1,126 @@
+"""`lorawf continue`: a run the server lost (a restart mid-run) is trained to its end from its newest checkpoint,
+against the project's test server acting out FluxTrainer's resume behaviour (docs/fluxtrainer.md §5.6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lorawf.training.plan import plan_training
+
+REPO = Path(__file__).resolve().parent.parent
+DATASET = REPO / "fixtures" / "datasets" / "ink_wash"
+CLI = [sys.executable, "-c", "from lorawf.cli import main; main()"]
+
+
+def environment(tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAWF_")}
+    env.update({"LORAWF_POLL_INTERVAL": "0.3", "LORAWF_RETRY_GRACE": "2", "PYTHONPATH": str(REPO),
+                "XDG_CACHE_HOME": str(tmp / "cache")})
+    return env
+
+
+def start_run(server: Any, tmp: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+    dataset = server.root / "dataset" / "ink"
+    shutil.copytree(DATASET, dataset)
+    return subprocess.Popen([*CLI, "run", "--images", "30", "--token", "ink", "--server", server.url,
+                             "--server-dataset-path", str(dataset), "--download", str(out), "--json", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment(tmp),
+                            cwd=tmp, stdin=subprocess.DEVNULL)
+
+
+def lose_the_run_after(server: Any, proc: subprocess.Popen[str], step: int) -> None:
+    """Wait until the run passed ``step``, then restart the server: queue and history are gone."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "progress" and (event.get("overall_value") or 0) >= step:
+            break
+    server.control("restart")
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 5, err[-2000:]
+
+
+def continue_run(run_dir: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, "continue", str(run_dir), *extra], capture_output=True, text=True, timeout=300,
+                          env=environment(tmp), cwd=tmp, stdin=subprocess.DEVNULL, check=False)
+
+
+def only_run_dir(root: Path) -> Path:
+    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def trained(server: Any) -> list[tuple[int, int]]:
+    """The (from, to) global step ranges the server's trainer really trained, in order."""
+    return [(e["from_step"], e["to_step"]) for e in server.state()["training_log"]]
+
+
+@pytest.mark.parametrize("mode", ["exact", "weights"])
+def test_a_lost_run_is_continued_to_exactly_its_planned_checkpoints(comfy_server_factory: Any, tmp_path: Path,
+                                                                   mode: str) -> None:
+    server = comfy_server_factory(step_delay=0.004)
+    out = tmp_path / "runs"
+    proc = start_run(server, tmp_path, out, *(["--resumable"] if mode == "exact" else []))
+    lose_the_run_after(server, proc, 600)
+    run_dir = only_run_dir(out)
+    assert json.loads((run_dir / "run.json").read_text())["outcome"] == "lost"
+
+    done = continue_run(run_dir, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"({mode})" in done.stderr
+    if mode == "weights":
+        assert "close to, not the same as" in done.stderr
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["outcome"] == "success"
+    plan = plan_training(30)
+    name = run_dir.name
+    steps = sorted(f["step"] for f in record["files"] if f["kind"] == "checkpoint")
+    assert steps == list(plan.checkpoint_steps)  # every planned checkpoint, once, by the run's global step
+    assert {p.name for p in (run_dir / "checkpoints").iterdir()} >= {
+        f"{name}_rank16_bf16-step{s:05d}.safetensors" for s in plan.checkpoint_steps}
+    first, second = record["segments"]
+    assert (first["mode"], first["from_step"], first["outcome"]) == ("initial", 0, "lost")
+    assert (second["mode"], second["to_step"], second["outcome"]) == (mode, 1200, "success")
+    assert second["from_step"] == first["to_step"] and second["from_step"] in plan.checkpoint_steps
+    assert second["output_dir"].endswith("/segment-2") and second["started"]
+    ranges = trained(server)
+    if mode == "exact":  # the continuation starts where the saved state is: no step is trained twice
+        resumed = [r for r in ranges if r[0] >= second["from_step"]]
+        assert resumed[0][0] == second["from_step"] and resumed[-1][1] == 1200
+    assert (run_dir / "workflow-segment-2.json").exists()
+
+
+def test_nothing_to_continue_is_one_clear_line(comfy_server_factory: Any, tmp_path: Path) -> None:
+    server = comfy_server_factory(step_delay=0.0002)
+    out = tmp_path / "runs"
+    proc = start_run(server, tmp_path, out)
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    done = continue_run(only_run_dir(out), tmp_path)
+    assert done.returncode == 3
+    assert [line for line in done.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: {only_run_dir(out)}: the run succeeded; there is nothing to continue"]
+
+
+def test_a_run_whose_prompt_is_alive_is_not_continued(comfy_server_factory: Any, tmp_path: Path) -> None:
+    server = comfy_server_factory(step_delay=0.01)
+    out = tmp_path / "runs"
+    proc = start_run(server, tmp_path, out)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "progress":
+            break
+    proc.kill()  # a closed laptop: the prompt goes on on the server
+    proc.wait(timeout=30)
+    time.sleep(0.2)
+    done = continue_run(only_run_dir(out), tmp_path)
+    assert done.returncode == 3 and "still queued or running" in done.stderr and "lorawf resume" in done.stderr
