@@ -124,3 +124,27 @@ def test_a_run_whose_prompt_is_alive_is_not_continued(comfy_server_factory: Any,
     time.sleep(0.2)
     done = continue_run(only_run_dir(out), tmp_path)
     assert done.returncode == 3 and "still queued or running" in done.stderr and "lorawf resume" in done.stderr
+
+
+def test_a_continuation_followed_again_after_a_closed_laptop_still_ends_right(comfy_server_factory: Any,
+                                                                              tmp_path: Path) -> None:
+    server = comfy_server_factory(step_delay=0.004)
+    out = tmp_path / "runs"
+    lose_the_run_after(server, start_run(server, tmp_path, out, "--resumable"), 600)
+    run_dir = only_run_dir(out)
+    proc = subprocess.Popen([*CLI, "continue", str(run_dir), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=environment(tmp_path), cwd=tmp_path,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "progress":
+            break
+    proc.kill()
+    proc.wait(timeout=30)
+    resumed = subprocess.run([*CLI, "resume", str(run_dir)], capture_output=True, text=True, timeout=300,
+                             env=environment(tmp_path), cwd=tmp_path, stdin=subprocess.DEVNULL, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["outcome"] == "success" and record["segments"][-1]["outcome"] == "success"
+    steps = sorted(f["step"] for f in record["files"] if f["kind"] == "checkpoint")
+    assert steps == list(plan_training(30).checkpoint_steps)

@@ -469,7 +469,9 @@ async def resume(settings: ServerSettings, run_dir: Path, reporter: Reporter,
     async with ComfyClient(settings) as client:
         stats, folder_paths = await client.server_facts()
         folders = learn_folders(folder_paths, stats, server_input_dir, server_output_dir)
-        follower = RunFollower(client, run_dir, record, folders, as_you_go)
+        # a continued run's newest segment counts its steps from its own start (docs/fluxtrainer.md §5.6)
+        offset = record.segments[-1].from_step if record.segments else 0
+        follower = RunFollower(client, run_dir, record, folders, as_you_go, step_offset=offset)
         await watch_on(client, record.prompt_id, follower.observer(reporter),
                        replace(options or FollowOptions(), download=None),
                        after_run=follower.after_run)
