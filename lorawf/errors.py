@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 # Exit codes (also documented in README.md; tests pin them).
@@ -138,7 +139,12 @@ class WaitTimeout(ServerError):
 
 
 class PromptLost(ServerError):
-    """The prompt is neither queued, running nor in history (server restarted or entry evicted)."""
+    """The prompt is neither queued, running nor in history (server restarted or entry evicted).
+
+    ``run_dir`` names the run folder when the prompt was a ``lorawf run``'s (for ``--auto-continue``).
+    """
+
+    run_dir: Path | None = None
 
 
 # --- cancelled by the user (exit 130) ---

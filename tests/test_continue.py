@@ -148,3 +148,30 @@ def test_a_continuation_followed_again_after_a_closed_laptop_still_ends_right(co
     assert record["outcome"] == "success" and record["segments"][-1]["outcome"] == "success"
     steps = sorted(f["step"] for f in record["files"] if f["kind"] == "checkpoint")
     assert steps == list(plan_training(30).checkpoint_steps)
+
+
+def test_run_auto_continue_waits_for_the_server_and_finishes_the_run(comfy_server_factory: Any,
+                                                                     tmp_path: Path) -> None:
+    server = comfy_server_factory(step_delay=0.004)
+    out = tmp_path / "runs"
+    proc = start_run(server, tmp_path, out, "--resumable", "--auto-continue")
+    assert proc.stdout is not None
+    events: list[dict[str, Any]] = []
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == "progress" and (events[-1].get("overall_value") or 0) >= 600:
+            break
+    # the server restarts and is not back at once: its first answers are cut connections
+    server.control("fail_next", route="/system_stats", method="GET", mode="close", count=2)
+    server.control("restart")
+    rest, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    events += [json.loads(line) for line in rest.splitlines()]
+    assert [e["event"] for e in events].count("done") == 1 and events[-1]["event"] == "done"
+    assert events[-1]["outcome"] == "success"
+    assert "continuing from the newest checkpoint (attempt 1 of 3)" in err
+    assert "waiting for" in err and "(exact)" in err
+    record = json.loads((only_run_dir(out) / "run.json").read_text())
+    assert record["outcome"] == "success" and [s["mode"] for s in record["segments"]] == ["initial", "exact"]
+    steps = sorted(f["step"] for f in record["files"] if f["kind"] == "checkpoint")
+    assert steps == list(plan_training(30).checkpoint_steps)

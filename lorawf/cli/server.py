@@ -143,6 +143,10 @@ def cancel_cmd(prompt_id: str, server: ServerOptions, json_mode: bool) -> None:
               default=Path("lorawf-runs"), show_default=True,
               help="Local folder; each run gets its own subfolder with run.json, checkpoints, validation images.")
 @click.option("--download-as-you-go", is_flag=True, help="Fetch each checkpoint as soon as it is written.")
+@click.option("--auto-continue", "auto_continue", type=click.IntRange(0, 100), is_flag=False, flag_value=3,
+              default=0, metavar="[N]",
+              help="When the server loses the prompt (restart, out of memory), wait for it to come back and "
+                   "continue from the newest checkpoint, at most N times (3 when N is left out).")
 @click.option("--resumable", is_flag=True,
               help="Save the training state with every checkpoint, so `lorawf continue` resumes exactly "
                    "(about 3x the LoRA's size per checkpoint on the server; said before anything is sent).")
@@ -154,7 +158,8 @@ def cancel_cmd(prompt_id: str, server: ServerOptions, json_mode: bool) -> None:
 @click.option("--verbose", "-v", is_flag=True, help="Show server tracebacks of failed nodes.")
 def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, server_dataset_path: str | None,
             server_input_dir: str | None, server_output_dir: str | None, template: Path | None,
-            sets: tuple[str, ...], download_root: Path, download_as_you_go: bool, resumable: bool, name: str | None,
+            sets: tuple[str, ...], download_root: Path, download_as_you_go: bool, auto_continue: int, resumable: bool,
+            name: str | None,
             no_preflight: bool, server: ServerOptions, json_mode: bool, timeout: float | None, verbose: bool,
             **kwargs: Any) -> None:
     """Plan, patch, submit and follow a training run for DATASET; download its LoRA files.
@@ -177,7 +182,14 @@ def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, 
     )
     console = make_console(json_mode, settings.secrets, verbose)
     try:
-        run_dir = run_async(lambda: pipeline.run(settings, request, console, follow_from(timeout=timeout)))
+        follow = follow_from(timeout=timeout)
+        if auto_continue:
+            from lorawf.runs.continuing import auto_continue as auto
+
+            run_dir = run_async(lambda: auto(settings, console, follow, auto_continue,
+                                             lambda reporter: pipeline.run(settings, request, reporter, follow)))
+        else:
+            run_dir = run_async(lambda: pipeline.run(settings, request, console, follow))
     finally:
         console.close()
     console.line(f"run folder: {run_dir}")

@@ -9,11 +9,12 @@ and is followed like any run; its checkpoints are stored locally under the run's
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorawf.comfy.events import Notice
+from lorawf.comfy.events import Done, Event, Notice
 from lorawf.errors import InputError
 from lorawf.net.settings import ServerSettings
 from lorawf.runs.engine import FollowOptions, Reporter
@@ -81,6 +82,14 @@ async def continue_run(settings: ServerSettings, run_dir: Path, reporter: Report
                        server_input_dir: str | None = None, server_output_dir: str | None = None) -> Path:
     """Continue the run recorded in ``run_dir``: ``mode`` ``exact``, ``weights`` or ``None`` (exact when the
     training state of the newest checkpoint is on the server, else weights)."""
+    from lorawf.runs.engine import ending_with_done
+
+    async with ending_with_done(reporter, settings) as tracker:
+        return await _continue(settings, run_dir, tracker, options, mode, server_input_dir, server_output_dir)
+
+
+async def _continue(settings: ServerSettings, run_dir: Path, reporter: Reporter, options: FollowOptions | None,
+                    mode: str | None, server_input_dir: str | None, server_output_dir: str | None) -> Path:
     from lorawf.comfy.folders import learn_folders
     from lorawf.comfy.schema import bundled_schemas
     from lorawf.fsutil import atomic_write_text
@@ -149,3 +158,87 @@ async def continue_run(settings: ServerSettings, run_dir: Path, reporter: Report
         await submit_graph(client, cont.workflow, follower.observer(reporter),
                            replace(options or FollowOptions(), download=None), after_run=follower.after_run)
     return run_dir
+
+
+# ------------------------------------------------------------------------------------------ automatic
+
+#: How long ``--auto-continue`` waits for a server that went away, without ``--timeout``.
+DEFAULT_COMEBACK_WAIT = 1800.0
+
+
+class _HeldDone:
+    """A reporter that holds back the ``done`` event, so a run that is continued automatically ends with one
+    ``done`` (the last attempt's), not one per lost prompt."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+        self.held: Event | None = None
+
+    def __call__(self, event: Event, /) -> None:
+        if isinstance(event, Done):
+            self.held = event
+        else:
+            self.reporter(event)
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.reporter(self.held)
+            self.held = None
+
+
+async def wait_for_server(settings: ServerSettings, reporter: Reporter, limit: float) -> None:
+    """Until the server answers ``/system_stats`` again (backoff; at most ``limit`` seconds)."""
+    import asyncio
+
+    from lorawf.comfy.follow import reconnect_delay
+    from lorawf.errors import ServerError, ServerUnreachable
+    from lorawf.net.http import ComfyClient
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    attempt = 0
+    async with ComfyClient(settings) as client:
+        while True:
+            try:
+                await client.system_stats()
+                return
+            except ServerError as exc:
+                if loop.time() >= deadline:
+                    raise ServerUnreachable(f"{client.where} did not come back within {limit:g} s ({exc})",
+                                            hint="`lorawf continue RUN_DIR` carries on once it is back") from None
+                if attempt == 0:
+                    reporter(Notice(None, f"waiting for {client.where} to come back", warning=True))
+            await asyncio.sleep(min(reconnect_delay(attempt), max(0.0, deadline - loop.time())))
+            attempt += 1
+
+
+async def auto_continue(settings: ServerSettings, reporter: Reporter, options: FollowOptions | None,
+                        attempts: int, first: Callable[[Reporter], Awaitable[Path]],
+                        run_dir: Path | None = None) -> Path:
+    """Run ``first`` (a run or a continuation); while its prompt is lost, wait for the server to come back and
+    continue the run, at most ``attempts`` times. Other failures end it as they are."""
+    from lorawf.errors import PromptLost
+
+    held = _HeldDone(reporter)
+    limit = (options.timeout if options is not None and options.timeout else None) or DEFAULT_COMEBACK_WAIT
+    try:
+        try:
+            return await first(held)
+        except PromptLost as exc:
+            lost: PromptLost = exc
+        for attempt in range(1, attempts + 1):
+            target = lost.run_dir or run_dir
+            if target is None:
+                raise lost
+            held.held = None  # this lost prompt is not the end: the continuation's done will be
+            reporter(Notice(None, f"{lost}; continuing from the newest checkpoint (attempt {attempt} of "
+                                  f"{attempts})", warning=True))
+            await wait_for_server(settings, reporter, limit)
+            try:
+                return await continue_run(settings, target, held, options)
+            except PromptLost as exc:
+                exc.run_dir = exc.run_dir or target
+                lost = exc
+        raise lost
+    finally:
+        held.release()

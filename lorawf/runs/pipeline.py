@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -285,8 +285,8 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
 
         # 7. submit, follow, download
         follower = RunFollower(client, run_dir, record, folders, request.download_as_you_go)
-        await submit_graph(client, built.patch.workflow, follower.observer(reporter),
-                           replace(options, download=None), after_run=follower.after_run)
+        await _naming_the_run(run_dir, submit_graph(client, built.patch.workflow, follower.observer(reporter),
+                           replace(options, download=None), after_run=follower.after_run))
     return run_dir
 
 
@@ -314,6 +314,17 @@ def _free_space(stats: dict[str, Any]) -> int | None:
     system = stats.get("system") if isinstance(stats, dict) else None
     value = system.get("disk_free") if isinstance(system, dict) else None
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+async def _naming_the_run(run_dir: Path, followed: Awaitable[object]) -> None:
+    """A lost prompt says which run folder it belonged to, so ``--auto-continue`` can carry on there."""
+    from lorawf.errors import PromptLost
+
+    try:
+        await followed
+    except PromptLost as exc:
+        exc.run_dir = run_dir
+        raise
 
 
 def _patch_options(request: RunRequest, dataset_path: str, output_dir: str, name: str) -> PatchOptions:
