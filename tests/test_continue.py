@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -70,7 +71,9 @@ def test_a_lost_run_is_continued_to_exactly_its_planned_checkpoints(comfy_server
     server = comfy_server_factory(step_delay=0.004)
     out = tmp_path / "runs"
     proc = start_run(server, tmp_path, out, *(["--resumable"] if mode == "exact" else []))
-    lose_the_run_after(server, proc, 600)
+    at = random.randint(260, 1150)  # any step past the first checkpoint (250) and before the end (1200)
+    print(f"the server is restarted at step {at}")
+    lose_the_run_after(server, proc, at)
     run_dir = only_run_dir(out)
     assert json.loads((run_dir / "run.json").read_text())["outcome"] == "lost"
 
@@ -175,3 +178,39 @@ def test_run_auto_continue_waits_for_the_server_and_finishes_the_run(comfy_serve
     assert record["outcome"] == "success" and [s["mode"] for s in record["segments"]] == ["initial", "exact"]
     steps = sorted(f["step"] for f in record["files"] if f["kind"] == "checkpoint")
     assert steps == list(plan_training(30).checkpoint_steps)
+
+
+def test_ctrl_c_during_a_continuation_cancels_only_its_own_prompt(comfy_server_factory: Any,
+                                                                  tmp_path: Path) -> None:
+    import signal
+
+    import httpx
+
+    server = comfy_server_factory(step_delay=0.006)
+    out = tmp_path / "runs"
+    lose_the_run_after(server, start_run(server, tmp_path, out, "--resumable"), 300)
+    run_dir = only_run_dir(out)
+    # someone else's prompt waits in the queue behind ours
+    other = {"1": {"class_type": "AcceptSlowSteps", "inputs": {"steps": 2, "delay": 0.01, "text": "x"}},
+             "2": {"class_type": "AcceptSaveText", "inputs": {"text": ["1", 0], "filename_prefix": "other"}}}
+    proc = subprocess.Popen([*CLI, "continue", str(run_dir), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=environment(tmp_path), cwd=tmp_path,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "progress":
+            break
+    theirs = httpx.post(f"{server.url}/prompt", json={"prompt": other}, timeout=10).json()["prompt_id"]
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    record = json.loads((run_dir / "run.json").read_text())
+    ours = record["segments"][-1]["prompt_id"]
+    assert record["outcome"] == "cancelled" and record["segments"][-1]["outcome"] == "cancelled"
+    history = httpx.get(f"{server.url}/history/{ours}", timeout=10).json()[ours]
+    assert history["status"]["messages"][-1][0] == "execution_interrupted"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not httpx.get(f"{server.url}/history/{theirs}", timeout=10).json():
+        time.sleep(0.2)
+    assert httpx.get(f"{server.url}/history/{theirs}", timeout=10).json()[theirs]["status"]["status_str"] == \
+        "success"  # theirs was neither deleted nor interrupted
