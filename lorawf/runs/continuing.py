@@ -151,7 +151,7 @@ async def _continue(settings: ServerSettings, run_dir: Path, reporter: Reporter,
                             server_schemas)
         reached = step if where_found is segments[-1] else segments[-1].from_step  # what the last one kept
         closed = segments[:-1] + (replace(segments[-1], to_step=reached, outcome=record.outcome),)
-        new = Segment(None, chosen, step, cont.to_step, cont.output_dir)
+        new = Segment(None, chosen, step, cont.to_step, cont.output_dir, note="; ".join(cont.notes) or None)
         record = replace(record, prompt_id=None, outcome="pending", error=None, segments=closed + (new,))
         write_record(run_dir, record, settings.secret_values())
         follower = RunFollower(client, run_dir, record, folders, False, step_offset=step)

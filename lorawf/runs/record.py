@@ -116,9 +116,10 @@ class Segment:
     outcome: str = "pending"
     started: datetime | None = None
     finished: datetime | None = None
+    note: str | None = None  # what the mode means for the result (weights only: approximate)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prompt_id": self.prompt_id, "mode": self.mode, "from_step": self.from_step,
+        return {"prompt_id": self.prompt_id, "mode": self.mode, "note": self.note, "from_step": self.from_step,
                 "to_step": self.to_step, "output_dir": self.output_dir, "outcome": self.outcome,
                 "started": iso_utc(self.started) if self.started else None,
                 "finished": iso_utc(self.finished) if self.finished else None}
@@ -293,7 +294,8 @@ def _parse_segment(raw: Any, source: str, index: int) -> Segment:
         raise RecordError(f"{where}: outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
     return Segment(_need(raw, "prompt_id", str, where, optional=True), mode, _need(raw, "from_step", int, where),
                    _need(raw, "to_step", int, where), _need(raw, "output_dir", str, where), outcome,
-                   _time(raw, "started", where), _time(raw, "finished", where))
+                   _time(raw, "started", where), _time(raw, "finished", where),
+                   _need(raw, "note", str, where, optional=True))
 
 
 # ------------------------------------------------------------------------------------------- writing
