@@ -55,6 +55,18 @@ def continue_run(run_dir: Path, tmp: Path, *extra: str) -> subprocess.CompletedP
                           env=environment(tmp), cwd=tmp, stdin=subprocess.DEVNULL, check=False)
 
 
+def continuing_until_it_trains(run_dir: Path, tmp: Path) -> subprocess.Popen[str]:
+    """`lorawf continue --json`, returned once the continuation reports its first training step."""
+    proc = subprocess.Popen([*CLI, "continue", str(run_dir), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=environment(tmp), cwd=tmp,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "progress":
+            break
+    return proc
+
+
 def only_run_dir(root: Path) -> Path:
     (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
     return run_dir
@@ -136,13 +148,7 @@ def test_a_continuation_followed_again_after_a_closed_laptop_still_ends_right(co
     out = tmp_path / "runs"
     lose_the_run_after(server, start_run(server, tmp_path, out, "--resumable"), 600)
     run_dir = only_run_dir(out)
-    proc = subprocess.Popen([*CLI, "continue", str(run_dir), "--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=environment(tmp_path), cwd=tmp_path,
-                            stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if json.loads(line)["event"] == "progress":
-            break
+    proc = continuing_until_it_trains(run_dir, tmp_path)
     proc.kill()
     proc.wait(timeout=30)
     resumed = subprocess.run([*CLI, "resume", str(run_dir)], capture_output=True, text=True, timeout=300,
@@ -195,13 +201,7 @@ def test_ctrl_c_during_a_continuation_cancels_only_its_own_prompt(comfy_server_f
     # someone else's prompt waits in the queue behind ours
     other = {"1": {"class_type": "AcceptSlowSteps", "inputs": {"steps": 2, "delay": 0.01, "text": "x"}},
              "2": {"class_type": "AcceptSaveText", "inputs": {"text": ["1", 0], "filename_prefix": "other"}}}
-    proc = subprocess.Popen([*CLI, "continue", str(run_dir), "--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=environment(tmp_path), cwd=tmp_path,
-                            stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if json.loads(line)["event"] == "progress":
-            break
+    proc = continuing_until_it_trains(run_dir, tmp_path)
     theirs = httpx.post(f"{server.url}/prompt", json={"prompt": other}, timeout=10).json()["prompt_id"]
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=120)
