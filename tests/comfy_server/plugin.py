@@ -160,6 +160,20 @@ def start_server(root: Path, log_dir: Path | None = None, **options: Any) -> Com
     }
     if unknown:
         raise TypeError(f"unknown comfy server options: {sorted(unknown)}")
+    for attempt in range(2):  # a process that dies before saying a word (seen once on a loaded CI box) is retried
+        try:
+            return _spawn(args, root, log_dir, tls)
+        except _SilentDeath as exc:
+            if attempt == 1:
+                raise RuntimeError(str(exc)) from None
+    raise AssertionError("unreachable")
+
+
+class _SilentDeath(Exception):
+    """The server process ended before printing anything or logging anything."""
+
+
+def _spawn(args: list[str], root: Path, log_dir: Path, tls: Any) -> ComfyServer:
     log_path = log_dir / f"comfy_server_{time.monotonic_ns()}.log"
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -181,8 +195,12 @@ def start_server(root: Path, log_dir: Path | None = None, **options: Any) -> Com
         elif process.poll() is not None:
             break
     process.kill()
-    process.wait()
-    raise RuntimeError(f"fake ComfyUI server did not start: {line!r}\n{log_path.read_text(errors='replace')}")
+    code = process.wait()
+    log = log_path.read_text(errors="replace")
+    message = f"fake ComfyUI server did not start (exit {code}): {line!r}\n{log}"
+    if not line and not log.strip():
+        raise _SilentDeath(message)
+    raise RuntimeError(message)
 
 
 @pytest.fixture
