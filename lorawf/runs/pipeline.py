@@ -11,7 +11,6 @@ fetched through ``/view`` because the patched workflow writes them inside ComfyU
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,9 +31,6 @@ if TYPE_CHECKING:
     from lorawf.net.prompts import RunResult
     from lorawf.net.upload_plan import UploadFile
     from lorawf.runs.record import RunRecord, Timings
-
-
-_STEP_RE = re.compile(r"-step(\d{5,})\.safetensors$")
 
 
 @dataclass(frozen=True)
@@ -64,11 +60,12 @@ def local_target(run_dir: Path, ref: OutputFile, role: str, step_offset: int = 0
     ``step_offset``: a continued segment's trainer counts from 0 again (docs/fluxtrainer.md §5.6), so its
     ``-stepNNNNN`` checkpoints are named by the run's global step here.
     """
+    from lorawf.runs.record import CHECKPOINT_RE
     from lorawf.safepaths import check_component, local_path
 
     name = check_component(ref.filename, "filename")
     if role == "checkpoint" and step_offset:
-        name = _STEP_RE.sub(lambda m: f"-step{int(m.group(1)) + step_offset:05d}.safetensors", name)
+        name = CHECKPOINT_RE.sub(lambda m: f"-step{int(m.group(1)) + step_offset:05d}.safetensors", name)
     if role in ("checkpoint", "final_lora"):
         return run_dir / "checkpoints" / name
     if role == "validation":

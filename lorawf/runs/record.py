@@ -34,7 +34,8 @@ KINDS = ("checkpoint", "final_lora", "validation_image", "other")
 #: Files :func:`scan_files` leaves out: partial downloads and temp files.
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".download")
 
-_CHECKPOINT_RE = re.compile(r"-step(\d{5,})\.safetensors$")
+#: A step checkpoint's name: ``<name>-stepNNNNN.safetensors`` (the step is group 1).
+CHECKPOINT_RE = re.compile(r"-step(\d{5,})\.safetensors$")
 VALIDATION_IMAGE_RE = re.compile(r"^val_step(\d+)_(\d+)_\.png$")
 
 # Event outcomes (lorawf.comfy.events Done.outcome) -> record outcomes.
@@ -395,7 +396,7 @@ def classify_file(name: str) -> tuple[str, int | None]:
     """``(kind, step)`` from a file name: FluxTrainer's ``<name>-stepNNNNN.safetensors`` is a checkpoint,
     any other ``.safetensors`` the final LoRA, ``val_stepNNNNN_CCCCC_.png`` a validation image."""
     base = PurePosixPath(name.replace("\\", "/")).name
-    match = _CHECKPOINT_RE.search(base)
+    match = CHECKPOINT_RE.search(base)
     if match:
         return "checkpoint", int(match.group(1))
     if base.endswith(".safetensors"):

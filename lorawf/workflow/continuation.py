@@ -23,7 +23,7 @@ from typing import Any
 from lorawf.comfy.graph import is_link
 from lorawf.comfy.schema import SchemaSet
 from lorawf.errors import InputError
-from lorawf.workflow.patch import INIT, SAVE, find_roles
+from lorawf.workflow.patch import INIT, SAVE, find_roles, fresh_ids
 
 EXACT, WEIGHTS = "exact", "weights"
 MODES = (EXACT, WEIGHTS)
@@ -61,11 +61,6 @@ def block_end_steps(workflow: Workflow, schemas: SchemaSet) -> list[int]:
     return ends
 
 
-def _fresh_id(workflow: Workflow) -> str:
-    numeric = [int(n) for n in workflow if n.isdigit()]
-    return str(max(numeric, default=0) + 1)
-
-
 def build_continuation(recorded: Workflow, schemas: SchemaSet, *, from_step: int, mode: str,
                        source_path: str, output_dir: str) -> Continuation:
     """The segment that trains from ``from_step`` (a checkpoint of ``recorded``) to the end.
@@ -98,7 +93,7 @@ def build_continuation(recorded: Workflow, schemas: SchemaSet, *, from_step: int
     inputs["output_dir"] = output_dir
     notes: list[str] = []
     if mode == EXACT:
-        resume = _fresh_id(workflow)
+        (resume,) = fresh_ids(workflow, 1)
         workflow[resume] = {"inputs": {"load_state_path": source_path, "skip_until_initial_step": True},
                             "class_type": RESUME, "_meta": {"title": f"Resume the training state of step {from_step}"}}
         inputs["resume_args"] = [resume, 0]
@@ -108,7 +103,7 @@ def build_continuation(recorded: Workflow, schemas: SchemaSet, *, from_step: int
                     workflow[nid]["inputs"]["save_state"] = True  # the next continuation needs it too
     else:
         models = _model_select(workflow, init)
-        weights = _fresh_id(workflow)
+        (weights,) = fresh_ids(workflow, 1)
         workflow[weights] = {"inputs": {"value": source_path}, "class_type": "PrimitiveString",
                              "_meta": {"title": f"LoRA weights of step {from_step}"}}
         workflow[models]["inputs"]["lora_path"] = [weights, 0]

@@ -341,7 +341,8 @@ def _output_type(workflow: Workflow, schemas: SchemaSet, node_id: str, slot: int
 # --------------------------------------------------------------------------- template shapes
 
 
-def _fresh_ids(workflow: Workflow, count: int) -> list[str]:
+def fresh_ids(workflow: Workflow, count: int) -> list[str]:
+    """``count`` numeric node ids not used in ``workflow``."""
     numeric = [int(n) for n in workflow if n.isdigit()]
     first = max(numeric, default=0) + 1
     return [str(first + i) for i in range(count)]
@@ -362,7 +363,7 @@ def expand_train_and_validate(workflow: Workflow) -> list[str]:
         trainer = inputs.get("network_trainer")
         settings = inputs.get("validation_settings")
         label = _label(workflow, nid)
-        save, validate, preview, images = _fresh_ids(workflow, 4)
+        save, validate, preview, images = fresh_ids(workflow, 4)
         workflow[nid] = {"inputs": {"network_trainer": trainer, "steps": int(inputs.get("save_at_steps") or 250)},
                          "class_type": LOOP, "_meta": {"title": "Train steps"}}
         workflow[save] = {"inputs": {"network_trainer": [nid, 0], "save_state": False,
