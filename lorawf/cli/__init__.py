@@ -58,9 +58,9 @@ def main() -> None:
 def _register_commands() -> None:
     # Imported here (not at the top) only to keep the registration in one visible place;
     # these modules import nothing heavy at module level.
-    from lorawf.cli import continuing, offline, preflight, records, server
+    from lorawf.cli import continuing, offline, preflight, records, server, sweep
 
-    for module in (offline, preflight, server, continuing, records):
+    for module in (offline, preflight, server, continuing, records, sweep):
         for command in module.COMMANDS:
             main.add_command(command)
 

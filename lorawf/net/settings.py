@@ -125,3 +125,31 @@ class ServerSettings:
     def redacted_url(self) -> str:
         """The URL without user:password or query string: safe to print and to store in run records."""
         return self._redact(self.base_url)
+
+
+def settings_from_env_names(url: str, *, token_env: str | None = None,
+                            headers_env: Iterable[tuple[str, str]] = (), ca_bundle: str | None = None,
+                            insecure: bool = False, where: str = "server",
+                            environ: Mapping[str, str] | None = None) -> ServerSettings:
+    """Settings for a server whose credentials are named, not given: a sweep file's ``[[server]]`` names the
+    environment variables that hold its token and header values (the file never holds a secret).
+
+    ``LORAWF_TOKEN`` is not used here: each host has its own ``token_env``. A variable that is named but not
+    set is a usage error that names the variable (never a value).
+    """
+    env = os.environ if environ is None else environ
+
+    def value_of(var: str, what: str) -> str:
+        raw = env.get(var)
+        if raw is None or not raw.strip():
+            raise UsageError(f"{where}: {what} names the environment variable {var}, which is not set; "
+                             f"export {var}=... before running")
+        return check_credential(raw, f"{where}: ${var}")
+
+    headers = [f"{name}: {value_of(var, f'header {name}')}" for name, var in headers_env]
+    settings = ServerSettings.resolve(url, headers, ca_bundle, insecure, environ={})
+    if token_env:
+        from dataclasses import replace
+
+        settings = replace(settings, token=value_of(token_env, "token_env"))
+    return settings

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from lorawf.comfy.events import Done, Event, Notice
 from lorawf.errors import InputError
 from lorawf.net.settings import ServerSettings
 from lorawf.runs.engine import FollowOptions, Reporter
+from lorawf.training.plan import PlanOverrides
 
 if TYPE_CHECKING:
     from lorawf.comfy.folders import ServerFolders
@@ -242,3 +243,92 @@ async def auto_continue(settings: ServerSettings, reporter: Reporter, options: F
         raise lost
     finally:
         held.release()
+
+
+# ------------------------------------------------------------------------------------------ elsewhere
+
+
+@dataclass(frozen=True)
+class Carry:
+    """A run moved to another server, continuing from one of its checkpoints that is on the local disk."""
+
+    checkpoint: Path  # the local .safetensors of step ``step``
+    step: int
+    dataset_path: str  # the dataset's folder on the new server
+    token: str
+    images: int
+    overrides: PlanOverrides
+    sets: tuple[str, ...] = ()
+    template: Path | None = None
+    note: str = ""
+
+
+def newest_local_checkpoint(run_dir: Path, checkpoints: list[int]) -> tuple[int, Path] | None:
+    """The newest planned step checkpoint (not the last one) downloaded into ``run_dir``, if any."""
+    from lorawf.runs.record import scan_files
+
+    last = max(checkpoints) if checkpoints else 0
+    found = [(f.step, run_dir / f.path) for f in scan_files(run_dir)
+             if f.kind == "checkpoint" and f.step is not None and f.step in checkpoints and f.step < last]
+    return max(found, key=lambda item: item[0]) if found else None
+
+
+async def continue_elsewhere(settings: ServerSettings, run_dir: Path, reporter: Reporter, carry: Carry,
+                             options: FollowOptions | None = None) -> Path:
+    """Continue the run in ``run_dir`` on another server (its own is gone) from a checkpoint on the local disk.
+
+    The checkpoint is uploaded into the new server's input folder and the next segment is the run's workflow
+    built afresh for that server (its folders, the dataset already there), cut to the remaining blocks with
+    the checkpoint as ``lora_path``: the *weights* mode of ``lorawf continue`` (approximate: the optimizer
+    starts fresh), said as a warning and recorded in the segment."""
+    from lorawf.comfy.folders import learn_folders
+    from lorawf.comfy.schema import bundled_schemas
+    from lorawf.fsutil import atomic_write_text
+    from lorawf.net.http import ComfyClient
+    from lorawf.net.schema_cache import load_server_schemas
+    from lorawf.runs.engine import ending_with_done, gate_workflow, submit_graph
+    from lorawf.runs.pipeline import RunFollower
+    from lorawf.runs.record import Segment, read_record, write_record
+    from lorawf.workflow.build import build_workflow
+    from lorawf.workflow.continuation import WEIGHTS, build_continuation
+    from lorawf.workflow.io import dumps_workflow
+    from lorawf.workflow.patch import PatchOptions, find_roles
+
+    async with ending_with_done(reporter, settings) as tracker:
+        record = read_record(run_dir)
+        recorded = _recorded_workflow(run_dir)
+        roles = find_roles(recorded, bundled_schemas())
+        segments = _segments(record, recorded[roles.init]["inputs"])
+        async with ComfyClient(settings) as client:
+            stats, folder_paths = await client.server_facts()
+            folders = learn_folders(folder_paths, stats, None, None)
+            server_schemas = await load_server_schemas(client, system_stats=stats)
+            schemas = bundled_schemas().merged(server_schemas)
+            name = record.name
+            built = build_workflow(carry.images, PatchOptions(
+                carry.token, carry.dataset_path, f"{folders.output_dir}/lorawf/{name}", name, carry.sets,
+                image_prefix=f"lorawf/{name}/validation"), carry.overrides, carry.template, schemas)
+            subfolder = f"lorawf/carry/{name}"
+            await client.upload(carry.checkpoint, carry.checkpoint.name, subfolder)
+            index = len(segments) + 1
+            cont = build_continuation(built.patch.workflow, schemas, from_step=carry.step, mode=WEIGHTS,
+                                      source_path=f"{folders.input_dir}/{subfolder}/{carry.checkpoint.name}",
+                                      output_dir=f"{folders.output_dir}/lorawf/{name}/segment-{index}")
+            tracker(Notice(None, f"continuing from step {carry.step} of {cont.to_step} on {client.where} "
+                                 f"(weights, from the local checkpoint {carry.checkpoint.name})"))
+            for line in cont.notes:
+                tracker(Notice(None, line, warning=True))
+            path = run_dir / segment_workflow_name(index)
+            atomic_write_text(path, dumps_workflow(cont.workflow))
+            await gate_workflow(client, cont.workflow, str(path), tracker, server_schemas)
+            closed = segments[:-1] + (replace(segments[-1], to_step=carry.step, outcome="lost"),)
+            note = "; ".join(n for n in (carry.note, *cont.notes) if n) or None
+            new = Segment(None, WEIGHTS, carry.step, cont.to_step, cont.output_dir, note=note)
+            version = str((stats.get("system") or {}).get("comfyui_version") or "unknown")
+            record = replace(record, prompt_id=None, outcome="pending", error=None, segments=closed + (new,),
+                             server_url=settings.redacted_url, server_version=version)
+            write_record(run_dir, record, settings.secret_values())
+            follower = RunFollower(client, run_dir, record, folders, True, step_offset=carry.step)
+            await submit_graph(client, cont.workflow, follower.observer(tracker),
+                               replace(options or FollowOptions(), download=None), after_run=follower.after_run)
+    return run_dir

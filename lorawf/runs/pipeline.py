@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from lorawf.net.prompts import RunResult
     from lorawf.net.upload_plan import UploadFile
     from lorawf.runs.record import RunRecord, Timings
+    from lorawf.training.dataset import DatasetScan
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,6 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
     from lorawf.runs.engine import gate_workflow
     from lorawf.runs.record import RunRecord, Timings, write_record
     from lorawf.runs.sheet import prompts_from_workflow
-    from lorawf.safepaths import file_stem
     from lorawf.timefmt import utc_now
     from lorawf.training.dataset import scan_dataset
     from lorawf.training.naming import check_run_name, unique_run_name
@@ -229,10 +229,7 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
         subfolder = ""
         if request.upload:
             assert scan is not None
-            from lorawf.net.upload_plan import dataset_digest, dataset_files
-
-            files = dataset_files(scan)
-            subfolder = f"lorawf/datasets/{file_stem(request.token)}-{images}img-{dataset_digest(files)}"
+            files, subfolder = dataset_upload(request.token, scan)
             dataset_path = f"{folders.input_dir}/{subfolder}"
         assert dataset_path is not None
         # the server's own schemas check every node of the template, other packs' included
@@ -285,6 +282,16 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
         await _naming_the_run(run_dir, submit_graph(client, built.patch.workflow, follower.observer(reporter),
                            replace(options, download=None), after_run=follower.after_run))
     return run_dir
+
+
+def dataset_upload(token: str, scan: DatasetScan) -> tuple[list[UploadFile], str]:
+    """The files of a dataset and the input subfolder they go to: named by their content, so the same
+    images are sent once per server, whichever run (or sweep) sends them first."""
+    from lorawf.net.upload_plan import dataset_digest, dataset_files
+    from lorawf.safepaths import file_stem
+
+    files = dataset_files(scan)
+    return files, f"lorawf/datasets/{file_stem(token)}-{scan.image_count}img-{dataset_digest(files)}"
 
 
 #: The training state of a rank-16 Flux LoRA with adamw8bit and fp32 gradients is about 460 MB, three
