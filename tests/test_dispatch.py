@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import itertools
 
-from lorawf.comfy.dispatch import HostView, choose_host, dispatch_order, estimated_finish, is_host_fault
+import pytest
+
+from lorawf.comfy.dispatch import (
+    HostView,
+    choose_host,
+    dispatch_order,
+    estimated_finish,
+    is_host_fault,
+    plan_placements,
+)
 from lorawf.errors import PromptLost, RunFailed, ServerRejected, ServerUnreachable
 
 
@@ -59,8 +68,10 @@ def test_host_faults_are_only_a_gone_server_or_a_lost_prompt() -> None:
     assert not is_host_fault(ServerRejected("rejected"))
 
 
-def simulate(steps: list[int], rates: dict[str, float], slots: int = 2) -> float:
-    """Event simulation of a sweep under the policy: a fake clock, each host runs its queue in order."""
+def simulate(steps: list[int], rates: dict[str, float], slots: int = 2, *, planned: bool = True) -> float:
+    """Event simulation of a sweep under the policy: a fake clock, each host runs its queue in order.
+    ``planned``: the dispatcher's rule (plan all waiting runs, start those whose host has room); else the
+    one-run-at-a-time :func:`choose_host`."""
     queues: dict[str, list[list[float]]] = {h: [] for h in rates}  # [remaining steps] per placed run
     pending = [steps[i] for i in dispatch_order(steps)]
     now = 0.0
@@ -70,9 +81,17 @@ def simulate(steps: list[int], rates: dict[str, float], slots: int = 2) -> float
             placed = False
             views = [view(h, ours=len(q), backlog=sum(r[0] for r in q), rate=rates[h], slots=slots)
                      for h, q in queues.items()]
-            chosen = choose_host(pending[0], views, pending_steps=sum(pending))
-            if chosen is not None:
-                queues[chosen].append([float(pending.pop(0))])
+            if planned:
+                plan = plan_placements([(n, list(rates)) for n in pending], views)
+                free = {v.name: v.free for v in views}
+                chosen = next(((i, h) for i, h in enumerate(plan) if h is not None and free[h] > 0), None)
+                if chosen is not None:
+                    queues[chosen[1]].append([float(pending.pop(chosen[0]))])
+                    placed = True
+                continue
+            target = choose_host(pending[0], views, pending_steps=sum(pending))
+            if target is not None:
+                queues[target].append([float(pending.pop(0))])
                 placed = True
         # advance to the next end of a running (head-of-queue) run
         ends = [(q[0][0] / rates[h], h) for h, q in queues.items() if q]
@@ -96,9 +115,22 @@ def ideal(steps: list[int], rates: dict[str, float]) -> float:
     return best
 
 
-def test_the_policy_is_near_the_ideal_schedule_for_a_typical_sweep() -> None:
-    # 2 datasets (500 and 1720 steps) x 4 settings, a fast and a slow host
-    steps = [500, 1720] * 4
-    for rates in ({"a": 2.0, "b": 1.0}, {"a": 1.0, "b": 1.0}, {"a": 3.0, "b": 1.0, "c": 1.5}):
-        made = simulate(steps, rates)
-        assert made <= ideal(steps, rates) * 1.10, (rates, made, ideal(steps, rates))
+@pytest.mark.parametrize("steps", [[500, 1720] * 4, [1000, 1200] * 4, [520, 600] * 4, [3500, 500, 800, 1720, 2000]])
+@pytest.mark.parametrize("rates", [{"a": 2.0, "b": 1.0}, {"a": 1.0, "b": 1.0}, {"a": 3.0, "b": 1.0, "c": 1.5},
+                                   {"a": 1.77, "b": 1.02}, {"a": 2.0, "b": 1.0, "c": 0.5}])
+def test_the_planned_placement_is_the_ideal_schedule_with_known_speeds(steps: list[int],
+                                                                       rates: dict[str, float]) -> None:
+    assert simulate(steps, rates) == pytest.approx(ideal(steps, rates), rel=1e-6)
+
+
+def test_one_run_at_a_time_would_not_be() -> None:
+    # the instance the sweep bench measured: earliest finish alone is 5 % over the ideal
+    steps, rates = [1000, 1200] * 4, {"fast": 177.0, "slow": 102.0}
+    assert simulate(steps, rates, planned=False) > ideal(steps, rates) * 1.05
+    assert simulate(steps, rates) == pytest.approx(ideal(steps, rates))
+
+
+def test_the_plan_leaves_out_hosts_that_are_down_or_unable() -> None:
+    hosts = [view("a", rate=10.0), view("b", rate=10.0, up=False), view("c", rate=1.0)]
+    plan = plan_placements([(100, ["a", "b", "c"]), (100, ["b"]), (100, ["c"])], hosts)
+    assert plan == ["a", None, "c"]

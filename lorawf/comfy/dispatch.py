@@ -1,11 +1,12 @@
 """Where the next run of a sweep goes: a pure policy over what each ComfyUI host is doing. No I/O, no clock.
 
 Each host's own queue is the execution engine; the dispatcher only decides which host gets the next run
-and when. The rule is *earliest estimated finish*: a run goes to the host that would finish it first,
-counting the training steps our runs still have on that host, other users' prompts in its queue and the
-host's measured speed. When that host has no free slot the run waits for it rather than going to a slower
-host now (at the end of a sweep a slow host that takes the last run would make everyone wait for it),
-unless the slower host would still finish it before all the work left could be done anyway.
+and when. The rule is *the shortest estimated makespan for the work left*: at every change the dispatcher plans
+where each waiting run would go (:func:`plan_placements`: the steps our runs still have on each host, other
+users' prompts in its queue, each host's measured speed) and starts the runs whose planned host has a free
+slot. A run waits for its planned host rather than going to a slower one now: at the end of a sweep a slow
+host that takes the last run would make everyone wait for it. :func:`choose_host` is the one-run-at-a-time
+form of the same estimate (earliest finish), kept as the baseline the plan is measured against.
 
 ``slots`` (default 2: one running and one queued) keeps the next prompt on the host's queue before the
 current one ends, so the GPU never waits for lorawf to notice the end and submit.
@@ -14,7 +15,7 @@ current one ends, so the GPU never waits for lorawf to notice the end and submit
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from lorawf.errors import PromptLost, ServerUnreachable
@@ -94,3 +95,62 @@ def is_host_fault(error: BaseException) -> bool:
 
     Only these move a run to another host; a rejected workflow or a node error would fail anywhere."""
     return isinstance(error, (ServerUnreachable, PromptLost))
+
+
+#: How many partial assignments :func:`plan_placements` may look at before it settles for the best so far.
+SEARCH_BUDGET = 20_000
+
+
+def plan_placements(runs: Sequence[tuple[int, Sequence[str]]], hosts: Sequence[HostView], *,
+                    foreign_seconds: float = 0.0, budget: int = SEARCH_BUDGET) -> list[str | None]:
+    """The host each waiting run should go to, planned together: the assignment with the shortest estimated
+    makespan (ties: the smallest sum of the hosts' finish times, so no host is left idle for nothing), found
+    by branch and bound from the earliest-finish greedy plan. ``runs`` are ``(steps, hosts able to run it)``;
+    hosts that are down are not planned for. ``None``: no host can take that run now.
+
+    The dispatcher places a run only when its planned host has a free slot, and plans again at every change:
+    with the measured speeds this is the ideal schedule for the work left, not a one-run-at-a-time guess."""
+    up = {h.name: h for h in hosts if h.up and h.slots > 0}
+    rate = {name: assumed_rate(h, list(up.values())) for name, h in up.items()}
+    start = {name: h.backlog_steps / rate[name] + h.foreign * foreign_seconds for name, h in up.items()}
+    order = dispatch_order([steps for steps, _able in runs])
+    able = [[name for name in sorted(runs[i][1]) if name in up] for i in range(len(runs))]
+
+    def score(load: Mapping[str, float]) -> tuple[float, float]:
+        return round(max(load.values(), default=0.0), 6), round(sum(load.values()), 6)
+
+    # the greedy plan: each run (longest first) where it would finish first
+    load = dict(start)
+    greedy: list[str | None] = [None] * len(runs)
+    for i in order:
+        if able[i]:
+            host = min(able[i], key=lambda h: (round(load[h] + runs[i][0] / rate[h], 6), h))
+            greedy[i] = host
+            load[host] += runs[i][0] / rate[host]
+    best, best_score = list(greedy), score(load)
+    placed: list[str | None] = [None] * len(runs)
+    explored = 0
+
+    def search(depth: int, load: dict[str, float]) -> None:
+        nonlocal best, best_score, explored
+        explored += 1
+        if explored > budget or max(load.values(), default=0.0) > best_score[0] + 1e-9:
+            return
+        if depth == len(order):
+            current = score(load)
+            if current < best_score:
+                best, best_score = list(placed), current
+            return
+        i = order[depth]
+        if not able[i]:
+            search(depth + 1, load)
+            return
+        for host in sorted(able[i], key=lambda h: load[h] + runs[i][0] / rate[h]):
+            placed[i] = host
+            load[host] += runs[i][0] / rate[host]
+            search(depth + 1, load)
+            load[host] -= runs[i][0] / rate[host]
+        placed[i] = None
+
+    search(0, dict(start))
+    return best

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorawf.comfy.dispatch import MAX_MOVES, choose_host, dispatch_order, is_host_fault
+from lorawf.comfy.dispatch import MAX_MOVES, is_host_fault, plan_placements
 from lorawf.comfy.events import Done, Event, Notice, Progress, Queued, Started
 from lorawf.errors import (
     Cancelled,
@@ -287,11 +287,12 @@ class SweepEngine:
         return sum((r.finished - r.started).total_seconds() for r in done if r.finished and r.started) / len(done)
 
     def _place(self) -> None:
+        """Plan where every waiting run goes (:func:`~lorawf.comfy.dispatch.plan_placements`), then start the
+        ones whose planned host has a free slot now."""
         pending = [r for r in self.record.runs if r.state == "pending"]
         self.placeable = True
-        waiting = float(sum(r.steps - r.from_step for r in pending))
-        for index in dispatch_order([r.steps - r.from_step for r in pending]):
-            run = pending[index]
+        work: list[tuple[SweepRun, list[str]]] = []
+        for run in pending:
             spec = self.specs[run.name]
             able, reasons = [], []
             for host in self.hosts.values():
@@ -310,12 +311,18 @@ class SweepEngine:
                 continue
             if not any(h.up for h in able):
                 self.placeable = False
-            views = [h.view(*self._busy(h), self._live_speed(h)) for h in able]
-            left = run.steps - run.from_step
-            chosen = choose_host(left, views, foreign_seconds=self._foreign_seconds(), pending_steps=waiting)
-            if chosen is not None:
-                waiting -= left
-                self._start(run, self.hosts[chosen])
+            work.append((run, [h.name for h in able]))
+        if not work:
+            return
+        views = {h.name: h.view(*self._busy(h), self._live_speed(h)) for h in self.hosts.values()}
+        plan = plan_placements([(run.steps - run.from_step, able) for run, able in work], list(views.values()),
+                               foreign_seconds=self._foreign_seconds())
+        for (run, _able), target in zip(work, plan):
+            if target is not None and views[target].free > 0:
+                view = views[target]
+                views[target] = replace(view, ours=view.ours + 1,
+                                        backlog_steps=view.backlog_steps + run.steps - run.from_step)
+                self._start(run, self.hosts[target])
 
     def _prefetch(self) -> None:
         """Put the datasets of waiting runs on each host that could run them, one upload at a time per host, while
