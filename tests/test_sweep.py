@@ -3,9 +3,11 @@ without FluxTrainer's nodes. Real processes, real ports; the sweep is the comman
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -375,3 +377,59 @@ def test_a_missing_token_variable_is_one_line_before_anything_is_created(tmp_pat
                      "set; export GPU_FAST_TOKEN=... before running")]
     assert not (tmp_path / "out").exists()
     assert not [r for r in fleet["fast"].requests() if not r.path.startswith("/__test__")]
+
+
+def test_a_sweep_on_a_real_terminal_draws_one_line_per_run_and_an_overall_line(
+        tmp_path: Path, comfy_server_factory: Callable[..., Any]) -> None:
+    from tests.terminal import run_on_terminal
+
+    token = "fleet-token-8d7c6b5a"
+    servers = {"fast": comfy_server_factory(step_delay=0.004, auth_token=token),
+               "slow": comfy_server_factory(step_delay=0.006, auth_token=token)}
+    path = write_sweep(tmp_path, servers, grid="lr = [1e-4]", servers=("fast", "slow"))
+    text = path.read_text(encoding="utf-8").replace('url = "', 'token_env = "FLEET_TOKEN"\nurl = "')
+    path.write_text(text, encoding="utf-8")
+    code, screen = run_on_terminal([*CLI, "sweep", str(path), "--out", str(tmp_path / "out")],
+                                   env_for(tmp_path, FLEET_TOKEN=token), tmp_path, columns=72, timeout=180)
+    assert code == 0, screen[-3000:]
+    assert re.search(r"inkwash-13img @ (fast|slow) .*\d+/520  ETA", screen)
+    assert re.search(r"sweep .*runs [01]/2 done  steps \d+/1120  ETA", screen)
+    assert "sweep success: 2 of 2 runs succeeded" in screen
+    block = [line for line in re.split(r"\r|\n|\x1b\[\d*[A-Za-z]", screen) if "ETA" in line]
+    assert block and all(len(line) <= 71 for line in block)  # the live block fits; notices scroll and wrap
+    assert token not in screen
+    assert token not in (tmp_path / "out" / "sweep.json").read_text(encoding="utf-8")
+    record = json.loads((tmp_path / "out" / "sweep.json").read_text(encoding="utf-8"))
+    assert [s["token_env"] for s in record["servers"]] == ["FLEET_TOKEN", "FLEET_TOKEN"]
+
+
+def test_a_host_that_goes_away_and_comes_back_gets_work_again(tmp_path: Path, fleet: dict[str, Any]) -> None:
+    import threading
+
+    path = write_sweep(tmp_path, fleet, servers=("fast", "slow"))
+    sweep_dir = tmp_path / "out"
+    proc = start_lorawf("sweep", str(path), "--out", str(sweep_dir), "--json", tmp=tmp_path)
+
+    def restart() -> None:
+        # forgets its queue and refuses connections for 4 s; the answer may be lost with the listener
+        with contextlib.suppress(Exception):
+            fleet["slow"].control("restart", downtime=4.0)
+
+    try:
+        wait_for(lambda: any(r["host"] == "slow" and r["state"] == "running" and r["step"] > 0
+                             for r in sweep_record(sweep_dir)["runs"]), what="a run training on the slow host")
+        threading.Thread(target=restart, daemon=True).start()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert_complete(sweep_dir, sweep_record(sweep_dir))
+    events = events_of(out)
+    down = next(i for i, e in enumerate(events) if e["event"] == "host" and e["host"] == "slow"
+                and e["state"] == "down")
+    back = next(i for i, e in enumerate(events) if i > down and e["event"] == "host" and e["host"] == "slow"
+                and e["state"] == "up")
+    assert any(e["event"] == "placed" and e["host"] == "slow" for e in events[back:]), "no work after it came back"
+    assert any(a["host"] == "slow" and a["outcome"] == "lost"
+               for r in sweep_record(sweep_dir)["runs"] for a in r["attempts"])
