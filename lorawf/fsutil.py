@@ -1,4 +1,5 @@
-"""Small filesystem helpers: atomic writes, so an interrupted run never leaves a half-written file."""
+"""Small filesystem helpers: atomic writes, so an interrupted run never leaves a half-written file, and one
+way to read a file lorawf was pointed at (one line naming it, never a traceback)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,20 @@ import os
 import stat
 from pathlib import Path
 
-from lorawf.errors import InputError
+from lorawf.errors import InputError, LorawfError
 
 CHUNK = 1 << 20  # read size for hashing: flat memory whatever the file size
+
+
+def read_text(path: Path, *, missing: str, error: type[LorawfError] = InputError) -> str:
+    """The UTF-8 text of ``path``; a missing file is ``error("<path>: <missing>")``, any other problem
+    ``error("<path>: cannot read: <reason>")``."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path}: {missing}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -363,7 +363,11 @@ def write_record(run_dir: Path, record: RunRecord, secrets: Sequence[str] = ()) 
     if record.outcome not in OUTCOMES:
         raise ValueError(f"run record outcome {record.outcome!r} is not one of {', '.join(OUTCOMES)}")
     _check_url(record.server_url, str(path))
-    data = record.to_dict()
+    return write_json_record(path, record.to_dict(), secrets)
+
+
+def write_json_record(path: Path, data: Mapping[str, Any], secrets: Sequence[str] = ()) -> Path:
+    """Write a record file atomically (2-space JSON, UTF-8 kept); nothing is written if it would hold a secret."""
     text = _dumps(data)
     check_no_secrets(text, secrets, data=data, source=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -376,17 +380,19 @@ def read_record(path: Path) -> RunRecord:
     path = Path(path)
     if path.is_dir():
         path = path / RECORD_NAME
+    data = read_json_record(path, f"no run record here (expected {RECORD_NAME} written by `lorawf run`)")
+    return _parse_record(data, str(path))
+
+
+def read_json_record(path: Path, missing: str) -> Any:
+    """The JSON value of a record file (``run.json``, ``sweep.json``); one :class:`RecordError` line otherwise."""
+    from lorawf.fsutil import read_text
+
+    text = read_text(path, missing=missing, error=RecordError)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecordError(f"{path}: no run record here (expected {RECORD_NAME} written by `lorawf run`)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecordError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise RecordError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
-    return _parse_record(data, str(path))
 
 
 # ------------------------------------------------------------------------------------------- files

@@ -9,15 +9,13 @@ in its ordinary run folder (``SWEEP_DIR/<run name>/run.json``).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from lorawf.errors import RecordError
-from lorawf.fsutil import atomic_write_text
-from lorawf.runs.record import check_no_secrets
+from lorawf.runs.record import read_json_record, write_json_record
 from lorawf.timefmt import iso_utc, parse_iso
 
 SCHEMA = "lorawf.sweep/1"
@@ -150,12 +148,7 @@ class SweepRecord:
 
 def write_sweep(sweep_dir: Path, record: SweepRecord, secrets: tuple[str, ...] = ()) -> Path:
     """Write ``sweep.json`` atomically; refuses (writes nothing) if any secret would reach it."""
-    path = Path(sweep_dir) / SWEEP_RECORD
-    data = record.to_dict()
-    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    check_no_secrets(text, secrets, data=data, source=str(path))
-    atomic_write_text(path, text)
-    return path
+    return write_json_record(Path(sweep_dir) / SWEEP_RECORD, record.to_dict(), secrets)
 
 
 def read_sweep(sweep_dir: Path) -> SweepRecord:
@@ -163,16 +156,8 @@ def read_sweep(sweep_dir: Path) -> SweepRecord:
     path = Path(sweep_dir)
     if path.is_dir():
         path = path / SWEEP_RECORD
+    data = read_json_record(path, f"no sweep record here (expected {SWEEP_RECORD} written by `lorawf sweep`)")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise RecordError(f"{path}: no sweep record here (expected {SWEEP_RECORD} written by `lorawf sweep`)") \
-            from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecordError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        return SweepRecord.from_dict(json.loads(text))
-    except json.JSONDecodeError as exc:
-        raise RecordError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
+        return SweepRecord.from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise RecordError(f"{path}: not a {SCHEMA} record ({type(exc).__name__}: {exc})") from None

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from lorawf.errors import InputError, OverrideError
+from lorawf.fsutil import read_text
 from lorawf.printable import printable
 from lorawf.safepaths import file_stem
 from lorawf.training.naming import MAX_RUN_NAME, check_run_name
@@ -137,12 +138,7 @@ def load_sweep(path: Path, count_images: Callable[[Path], int] | None = None) ->
     else:  # pragma: no cover
         import tomli as tomllib
 
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such sweep file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    text = read_text(Path(path), missing="no such sweep file")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
