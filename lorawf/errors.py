@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# Exit codes (also documented in README.md; tests pin them).
+# Exit codes (also documented in docs/reference/exit-codes.md; tests pin them).
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2

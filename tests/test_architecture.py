@@ -1,4 +1,4 @@
-"""The package's layers, as the README draws them, checked by import-linter with the contracts in pyproject.toml."""
+"""The package's layers, as docs/design/architecture.md draws them, checked by import-linter with the contracts in pyproject.toml."""
 
 from __future__ import annotations
 

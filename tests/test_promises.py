@@ -1,4 +1,4 @@
-"""The README's promises on the failure paths, each as a user or an attacker would meet it.
+"""The promises on the failure paths (docs/guides/troubleshooting.md), each as a user or an attacker would meet it.
 
 Real `lorawf` processes against the project's test server (a real process on 127.0.0.1); nothing mocked.
 """

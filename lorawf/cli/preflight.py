@@ -38,7 +38,7 @@ def _conversion_options(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--drop-unknown", is_flag=True,
                         help="UI files: drop nodes the server does not have (and what depends on them).")(func)
     func = click.option("--fix-stale", is_flag=True,
-                        help="UI files: fix values saved by older node versions (see README: UI-format workflows).")(func)
+                        help="UI files: fix values saved by older node versions (see docs/guides/validate.md).")(func)
     return func
 
 

@@ -6,7 +6,7 @@ parsed binary frame headers, ``/queue`` snapshots and ``/history`` entries for o
 bytes into it, and the display only renders what comes out, so the whole protocol logic is testable by
 feeding recorded transcripts.
 
-Every event serialises to one JSON object with the stable schema ``lorawf.event/1`` (see README.md, "NDJSON events").
+Every event serialises to one JSON object with the stable schema ``lorawf.event/1`` (see docs/reference/events.md).
 """
 
 from __future__ import annotations
