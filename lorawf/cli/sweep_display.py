@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from typing import TextIO
 
 from lorawf.cli.display import Clock, bar_line, describe, fit, terminal_columns
-from lorawf.comfy.events import Download, Event, Notice, Progress, Queued, Started, Upload
+from lorawf.comfy.events import Download, Event, Notice, Output, Progress, Queued, Started, Upload
 from lorawf.printable import json_line, printable
 from lorawf.runs.sweep_events import HostChange, Placed, RunDone, SweepDone
 from lorawf.secrets import NO_SECRETS, Secrets
@@ -151,7 +151,9 @@ class SweepConsole:
             return f"{where}{'warning: ' if event.warning else ''}{event.message}"
         if isinstance(event, (Progress, Upload)) or event.kind in ("executing", "cached", "preview"):
             return None
-        if isinstance(event, Download) and event.status == "same":
+        # many runs at once: a line per checkpoint, not per validation image or downloaded file (the run's
+        # own end says how many files it brought home; --json still has every event)
+        if isinstance(event, Download) or (isinstance(event, Output) and event.role != "checkpoint"):
             return None
         return (where + text) if (text := describe(event, self.verbose)) else None
 
