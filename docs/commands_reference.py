@@ -62,7 +62,7 @@ def render() -> str:
     """The whole page, from ``lorawf.cli.main``."""
     from lorawf.cli import main
 
-    root = click.Context(main, info_name="lorawf")
+    root = click.Context(main, info_name="lorawf", **main.context_settings)  # -h as well as --help, as the CLI
     parts = ["# Command reference", "",
              ("Generated from the commands' own definitions (`docs/commands_reference.py`); "
              "`lorawf COMMAND --help` prints the same."), "",
