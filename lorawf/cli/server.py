@@ -25,6 +25,7 @@ from lorawf.cli.options import (
 )
 from lorawf.cli.output import say
 from lorawf.errors import UsageError
+from lorawf.net.upload_plan import DEFAULT_UPLOAD_JOBS, MAX_UPLOAD_JOBS
 from lorawf.printable import json_line, printable
 
 COMMANDS: list[click.Command] = []
@@ -134,6 +135,9 @@ def cancel_cmd(prompt_id: str, server: ServerOptions, json_mode: bool) -> None:
 @click.option("--token", required=True, help="Trigger token that replaces STYLE_TOKEN (class_tokens, prompts).")
 @plan_options
 @click.option("--upload", is_flag=True, help="Upload the dataset's images and captions to the server first.")
+@click.option("--upload-jobs", type=click.IntRange(1, MAX_UPLOAD_JOBS), default=DEFAULT_UPLOAD_JOBS,
+              show_default=True, metavar="N",
+              help="Files uploaded at once (more helps on a link with a long round trip).")
 @click.option("--server-dataset-path", help="Dataset folder that already exists on the GPU host (no upload).")
 @click.option("--server-input-dir", help="ComfyUI's input folder on the GPU host (default: learned from the server).")
 @click.option("--server-output-dir", help="ComfyUI's output folder on the GPU host (default: learned from the server).")
@@ -156,7 +160,8 @@ def cancel_cmd(prompt_id: str, server: ServerOptions, json_mode: bool) -> None:
 @click.option("--json", "json_mode", is_flag=True, help="NDJSON events (schema lorawf.event/1).")
 @timeout_option
 @click.option("--verbose", "-v", is_flag=True, help="Show server tracebacks of failed nodes.")
-def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, server_dataset_path: str | None,
+def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, upload_jobs: int,
+            server_dataset_path: str | None,
             server_input_dir: str | None, server_output_dir: str | None, template: Path | None,
             sets: tuple[str, ...], download_root: Path, download_as_you_go: bool, auto_continue: int, resumable: bool,
             name: str | None,
@@ -178,7 +183,7 @@ def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, 
         token=token, dataset=dataset, images=images, overrides=overrides_from(kwargs), template=template,
         sets=sets, upload=upload, server_dataset_path=server_dataset_path, server_input_dir=server_input_dir,
         server_output_dir=server_output_dir, download_root=download_root, download_as_you_go=download_as_you_go,
-        preflight=not no_preflight, name=name, resumable=resumable,
+        preflight=not no_preflight, name=name, resumable=resumable, upload_jobs=upload_jobs,
     )
     console = make_console(json_mode, settings.secrets, verbose)
     try:

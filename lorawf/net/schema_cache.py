@@ -23,16 +23,21 @@ from lorawf.net.settings import ServerSettings
 if TYPE_CHECKING:  # httpx is imported only when a server is asked
     from lorawf.net.http import ComfyClient
 
-__all__ = ["cache_dir", "cache_path", "load_cached", "load_server_schemas", "server_schemas", "store"]
+__all__ = ["cache_dir", "cache_path", "cache_root", "load_cached", "load_server_schemas", "server_schemas", "store"]
 
 UNKNOWN_VERSION = "unknown"
 
 
-def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_CACHE_HOME/lorawf/object_info`` (or ``~/.cache/lorawf/object_info``)."""
+def cache_root(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CACHE_HOME/lorawf`` (or ``~/.cache/lorawf``): lorawf's cache (schemas, upload locks)."""
     env = os.environ if environ is None else environ
     base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "lorawf" / "object_info"
+    return Path(base) / "lorawf"
+
+
+def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CACHE_HOME/lorawf/object_info`` (or ``~/.cache/lorawf/object_info``)."""
+    return cache_root(environ) / "object_info"
 
 
 def cache_path(redacted_url: str, version: str, environ: Mapping[str, str] | None = None) -> Path:

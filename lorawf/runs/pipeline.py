@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from lorawf.comfy.events import Event, Notice, Output, OutputFile, Started, WarningEvent
 from lorawf.errors import LorawfError, UsageError
 from lorawf.net.settings import ServerSettings
+from lorawf.net.upload_plan import DEFAULT_UPLOAD_JOBS
 from lorawf.runs.engine import FollowOptions, Reporter, submit_graph, watch_on
 from lorawf.training.plan import PlanOverrides
 from lorawf.workflow.patch import PatchOptions
@@ -45,6 +46,7 @@ class RunRequest:
     template: Path | None = None
     sets: tuple[str, ...] = ()
     upload: bool = False
+    upload_jobs: int = DEFAULT_UPLOAD_JOBS  # files in flight at once
     server_dataset_path: str | None = None
     server_input_dir: str | None = None
     server_output_dir: str | None = None
@@ -270,7 +272,7 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
             if request.upload:
                 from lorawf.net.upload import upload_dataset
 
-                report = await upload_dataset(client, files, subfolder, reporter)
+                report = await upload_dataset(client, files, subfolder, reporter, jobs=request.upload_jobs)
                 reporter(Notice(None, f"dataset on the server: input/{subfolder} ({len(report.sent)} sent, "
                                       f"{len(report.skipped)} already there)"))
         except (LorawfError, asyncio.CancelledError) as exc:

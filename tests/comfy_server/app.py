@@ -128,6 +128,8 @@ class ServerState:
         self.faults = Faults(auth=auth)
         self.config: dict[str, Any] = {"step_delay": step_delay, "delay_scale": 1.0}
         self.request_log: list[dict[str, Any]] = []
+        self.uploads_in_flight = 0  # POST /upload/image being handled now, and the most at once
+        self.uploads_in_flight_max = 0
         # PromptServer
         self.number = 0
         self.sockets: dict[str, web.WebSocketResponse] = {}
@@ -725,6 +727,14 @@ def make_app(state: ServerState) -> web.Application:
 
     @routes.post("/upload/image")
     async def upload_image(request: web.Request) -> web.Response:
+        state.uploads_in_flight += 1
+        state.uploads_in_flight_max = max(state.uploads_in_flight_max, state.uploads_in_flight)
+        try:
+            return await _upload_image(request)
+        finally:
+            state.uploads_in_flight -= 1
+
+    async def _upload_image(request: web.Request) -> web.Response:
         post = await request.post()
         image = post.get("image")
         overwrite = post.get("overwrite")
@@ -764,7 +774,17 @@ def make_app(state: ServerState) -> web.Application:
                     filepath = os.path.join(full_output_folder, filename)
                     i += 1
             if not image_is_duplicate:
-                _write_file(filepath, image.file.read())  # type: ignore[union-attr]
+                data = image.file.read()  # type: ignore[union-attr]
+                slow = state.faults.slow_disk
+                if slow is None:
+                    _write_file(filepath, data)
+                else:  # the file is visible half written, as beside a real server's in-place write
+                    with open(filepath, "wb") as f:  # noqa: ASYNC230 - a test server
+                        f.write(data[: len(data) // 2])
+                        f.flush()
+                        await asyncio.sleep(slow["seconds"])
+                        if not slow["short"]:
+                            f.write(data[len(data) // 2 :])
             return web.json_response({"name": filename, "subfolder": subfolder, "type": image_upload_type})
         return web.Response(status=400)
 
@@ -798,6 +818,7 @@ def make_app(state: ServerState) -> web.Application:
                     "faults": state.faults.describe(),
                     "restarts": state.epoch,
                     "training_log": state.training_log,
+                    "uploads_in_flight_max": state.uploads_in_flight_max,
                 }
             )
         if kind == "close_ws":

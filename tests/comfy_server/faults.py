@@ -29,6 +29,10 @@ Control kinds handled here (parameters with their defaults):
 ``require_auth``  header="Authorization", value=None, token=None
     Every HTTP request and websocket handshake must carry ``header: value`` (``token`` means
     ``Bearer <token>``) or gets 401. ``value`` and ``token`` both None switches it off.
+``slow_disk``  seconds=0.2, short=False
+    Every upload is written in two halves with ``seconds`` between them, so other requests can see the half
+    written file (a real server writes in place, and a ``/view`` beside the write sees it growing). With
+    ``short`` the second half is never written (a full disk): the stored file stays short.
 ``clear_faults``
     Disarm everything (auth included).
 """
@@ -62,6 +66,7 @@ class Faults:
         self.silence: dict[str, Any] | None = None
         self.binary: dict[str, Any] | None = None
         self.hostile: dict[str, Any] | None = None
+        self.slow_disk: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -71,6 +76,7 @@ class Faults:
             "silence": self.silence,
             "binary_frame": {k: v for k, v in self.binary.items()} if self.binary else None,
             "hostile_filename": self.hostile,
+            "slow_disk": self.slow_disk,
         }
 
     def arm(self, kind: str, p: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +124,8 @@ class Faults:
                 "type": p.get("type"),
                 "count": int(p.get("count", 1)),
             }
+        elif kind == "slow_disk":
+            self.slow_disk = {"seconds": float(p.get("seconds", 0.2)), "short": bool(p.get("short", False))}
         elif kind == "require_auth":
             value = p.get("value")
             if value is None and p.get("token") is not None:
