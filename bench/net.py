@@ -78,13 +78,48 @@ def bench_server(root: Path, *, worker: bool = False) -> Iterator[RunningServer]
     require_server_modules()
     root.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "bench.server", "--root", str(root)] + (["--worker"] if worker else [])
+    with _listening(cmd, "bench server") as (proc, port):
+        yield RunningServer(proc, port, root)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A shaped link (:mod:`bench.link`): one-way delay and bandwidth per direction."""
+
+    delay_ms: float = 25.0
+    mbit: float = 100.0
+
+    @property
+    def rtt(self) -> float:
+        return 2 * self.delay_ms / 1000
+
+    @property
+    def bytes_per_second(self) -> float:
+        return self.mbit * 1e6 / 8
+
+    def describe(self) -> str:
+        return f"{2 * self.delay_ms:g} ms RTT, {self.mbit:g} Mbit/s"
+
+
+@contextmanager
+def shaped_link(server: RunningServer, shape: Shape) -> Iterator[str]:
+    """Start ``python -m bench.link`` in front of ``server``; yields the URL to use instead of the server's."""
+    cmd = [sys.executable, "-m", "bench.link", "--upstream", str(server.port), "--delay-ms", str(shape.delay_ms),
+           "--mbit", str(shape.mbit)]
+    with _listening(cmd, "shaped link") as (_, port):
+        yield f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def _listening(cmd: list[str], what: str) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """Start a process that prints ``LISTENING <port>``; stop it (SIGTERM, then kill) on exit."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT, env=bench_env())
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode().strip()
         if not line.startswith("LISTENING "):
-            raise RuntimeError(f"bench server did not start (said {line!r}, exit {proc.poll()})")
-        yield RunningServer(proc, int(line.split()[1]), root)
+            raise RuntimeError(f"{what} did not start (said {line!r}, exit {proc.poll()})")
+        yield proc, int(line.split()[1])
     finally:
         proc.terminate()
         try:

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from lorawf.comfy.events import Download, Event, Progress, Queued, WarningEvent
+from lorawf.comfy.events import Download, Event, OutputFile, Progress, Queued, WarningEvent
 from lorawf.errors import (
     Cancelled,
     PromptLost,
@@ -352,3 +352,35 @@ async def test_object_info_and_system_stats(comfy_server: Any) -> None:
     assert "AcceptSlowSteps" in info
     stats = await fetch_system_stats(settings_for(comfy_server))
     assert "comfyui_version" in stats["system"]
+
+
+async def test_downloads_overlap_a_few_at_a_time_and_each_arrives_whole(comfy_server: Any, tmp_path: Path) -> None:
+    refs = []
+    for i in range(10):
+        (comfy_server.root / "output" / f"img_{i}.png").write_bytes(bytes([i]) * (100_000 + i))
+        refs.append(OutputFile("9", "images", f"img_{i}.png", "", "output"))
+    comfy_server.control("stall", route="/view", method="GET", seconds=0.2, count=10)  # a long round trip
+    events = Events()
+    assert await download_outputs(settings_for(comfy_server), refs, tmp_path / "out", events, "p", jobs=3) == []
+    assert comfy_server.state()["in_flight_max"]["/view"] == 3
+    assert sorted(d.filename for d in events.of(Download)) == sorted(r.filename for r in refs)
+    for i in range(10):
+        assert (tmp_path / "out" / f"img_{i}.png").read_bytes() == bytes([i]) * (100_000 + i)
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+
+
+async def test_outputs_bound_for_one_local_path_are_fetched_in_turn_without_overwriting(
+        comfy_server: Any, tmp_path: Path) -> None:
+    for sub in ("a", "b"):
+        (comfy_server.root / "output" / sub).mkdir()
+        (comfy_server.root / "output" / sub / "lora.safetensors").write_bytes(sub.encode() * 50_000)
+    refs = [OutputFile("9", "files", "lora.safetensors", sub, "output") for sub in ("a", "b")]
+    comfy_server.control("stall", route="/view", method="GET", seconds=0.2, count=2)
+    dest = tmp_path / "out"
+    events = Events()
+    same = dest / "lora.safetensors"
+    assert await download_outputs(settings_for(comfy_server), refs, dest, events, "p",
+                                  local_for=lambda ref: same) == []
+    assert comfy_server.state()["in_flight_max"]["/view"] == 1  # one .part file, one writer at a time
+    assert sorted(p.read_bytes()[:1] for p in dest.iterdir()) == [b"a", b"b"]  # the second got a free name
+    assert sorted(p.name for p in dest.iterdir()) == ["lora (1).safetensors", "lora.safetensors"]

@@ -56,7 +56,7 @@ async def test_files_go_jobs_at_a_time_and_the_manifest_after_every_check(comfy_
                                                                           jobs: int) -> None:
     comfy_server.control("slow_disk", seconds=0.05)  # each upload takes long enough to overlap the others
     events, report = await upload(comfy_server, tmp_path, jobs=jobs)
-    assert comfy_server.state()["uploads_in_flight_max"] == jobs
+    assert comfy_server.state()["in_flight_max"]["/upload/image"] == jobs
     assert_intact_on_server(comfy_server)
     uploads = [e for e in events if isinstance(e, Upload)]
     assert len(report.sent) == len(uploads) == 54 and not report.skipped
@@ -101,8 +101,7 @@ async def test_cancelling_an_upload_stops_every_transfer_and_writes_no_manifest(
     with pytest.raises(asyncio.CancelledError):
         await task
     await asyncio.sleep(0.5)
-    state = comfy_server.state()
-    assert state["uploads_in_flight_max"] == 4
+    assert comfy_server.state()["in_flight_max"]["/upload/image"] == 4
     assert not (comfy_server.root / "input" / SUBFOLDER / MANIFEST_NAME).exists()
     posts = [r for r in comfy_server.requests() if r.method == "POST" and r.path.endswith("/upload/image")]
     assert len(posts) < 54  # it stopped: the rest were never sent

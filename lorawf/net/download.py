@@ -22,10 +22,14 @@ from lorawf.errors import (
 from lorawf.fsutil import sha256_file
 from lorawf.net import bulk_get
 from lorawf.net.http import USER_AGENT, ComfyClient, Sink
+from lorawf.net.tasks import run_bounded
 from lorawf.safepaths import UnsafePath, free_name, is_within, local_path, partial_path
 
 #: Tries per output file; each retry resumes the partial file.
 DOWNLOAD_ATTEMPTS = 4
+#: Files downloaded at once: at a 50 ms round trip the validation images of a run are latency-bound one by
+#: one, while a few streams already fill the link with checkpoints (docs/bench.md).
+DOWNLOAD_JOBS = 4
 
 
 def _same_content(a: Path, b: Path) -> bool:
@@ -161,14 +165,17 @@ async def _httpx_download(client: ComfyClient, params: dict[str, str], headers: 
 
 async def download_outputs(client: ComfyClient, files: Sequence[OutputFile], dest: Path, sink: Sink,
                            prompt_id: str, *, local_for: Callable[[OutputFile], Path] | None = None,
-                           attempts: int = DOWNLOAD_ATTEMPTS) -> list[str]:
-    """Download every file; returns one problem line per file that could not be saved (never raises for one).
+                           attempts: int = DOWNLOAD_ATTEMPTS, jobs: int = DOWNLOAD_JOBS) -> list[str]:
+    """Download every file, ``jobs`` at a time; returns one problem line per file that could not be saved
+    (never raises for one). Events come in the order files finish.
 
     ``local_for`` picks each file's local path inside ``dest`` (default ``dest/<subfolder>/<filename>``).
     A connection cut mid-file is retried up to ``attempts`` times, resuming the ``.part`` file with ``Range``.
+    Files bound for the same local path go one after the other: a ``.part`` file has one writer.
     """
     problems: list[str] = []
-    for ref in files:
+
+    async def one(ref: OutputFile) -> None:
         try:
             local = local_for(ref) if local_for is not None else None
             for attempt in range(attempts):
@@ -187,4 +194,25 @@ async def download_outputs(client: ComfyClient, files: Sequence[OutputFile], des
             text = str(exc) if isinstance(exc, LorawfError) else f"{ref.filename}: {exc.strerror or exc}"
             problems.append(text)
             sink(WarningEvent(prompt_id, "download_failed", text))
+
+    async def in_turn(refs: list[OutputFile]) -> None:
+        for ref in refs:
+            await one(ref)
+
+    await run_bounded(_by_local_path(files, local_for).values(), in_turn, jobs)
     return problems
+
+
+def _by_local_path(files: Sequence[OutputFile], local_for: Callable[[OutputFile], Path] | None,
+                   ) -> dict[object, list[OutputFile]]:
+    """The files grouped by where they land (in their order); a name ``local_for`` refuses is a group alone."""
+    groups: dict[object, list[OutputFile]] = {}
+    for index, ref in enumerate(files):
+        key: object = (ref.type, ref.subfolder, ref.filename)
+        if local_for is not None:
+            try:
+                key = local_for(ref)
+            except (ValueError, OSError):
+                key = ("refused", index)  # reported by its own download attempt
+        groups.setdefault(key, []).append(ref)
+    return groups

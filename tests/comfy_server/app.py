@@ -128,8 +128,9 @@ class ServerState:
         self.faults = Faults(auth=auth)
         self.config: dict[str, Any] = {"step_delay": step_delay, "delay_scale": 1.0}
         self.request_log: list[dict[str, Any]] = []
-        self.uploads_in_flight = 0  # POST /upload/image being handled now, and the most at once
-        self.uploads_in_flight_max = 0
+        # requests being handled now per route (stalls included), and the most at once: how parallel a client is
+        self.in_flight: dict[str, int] = {}
+        self.in_flight_max: dict[str, int] = {}
         # PromptServer
         self.number = 0
         self.sockets: dict[str, web.WebSocketResponse] = {}
@@ -377,6 +378,15 @@ def make_middlewares(state: ServerState) -> list[Any]:
     async def test_hooks(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path.startswith("/__test__/"):
             return await handler(request)
+        route = _route_of(request.path)
+        state.in_flight[route] = state.in_flight.get(route, 0) + 1
+        state.in_flight_max[route] = max(state.in_flight_max.get(route, 0), state.in_flight[route])
+        try:
+            return await _test_hooks(request, handler)
+        finally:
+            state.in_flight[route] -= 1
+
+    async def _test_hooks(request: web.Request, handler: Any) -> web.StreamResponse:
         state.request_log.append(
             {
                 "method": request.method,
@@ -727,14 +737,6 @@ def make_app(state: ServerState) -> web.Application:
 
     @routes.post("/upload/image")
     async def upload_image(request: web.Request) -> web.Response:
-        state.uploads_in_flight += 1
-        state.uploads_in_flight_max = max(state.uploads_in_flight_max, state.uploads_in_flight)
-        try:
-            return await _upload_image(request)
-        finally:
-            state.uploads_in_flight -= 1
-
-    async def _upload_image(request: web.Request) -> web.Response:
         post = await request.post()
         image = post.get("image")
         overwrite = post.get("overwrite")
@@ -818,7 +820,7 @@ def make_app(state: ServerState) -> web.Application:
                     "faults": state.faults.describe(),
                     "restarts": state.epoch,
                     "training_log": state.training_log,
-                    "uploads_in_flight_max": state.uploads_in_flight_max,
+                    "in_flight_max": state.in_flight_max,
                 }
             )
         if kind == "close_ws":
