@@ -60,7 +60,7 @@ def test_body_is_written_and_the_request_is_well_formed(raw_server: Any, tmp_pat
     assert (tmp_path / "p").read_bytes() == b"hello"
     request = seen[0].decode()
     assert request.startswith("GET /view?filename=a+b.bin&type=output HTTP/1.1\r\n")
-    assert "Authorization: Bearer t\r\n" in request and "Connection: close" in request
+    assert "Authorization: Bearer t\r\n" in request and "Connection: close" not in request  # kept alive
 
 
 def test_a_cut_keeps_what_arrived_and_206_appends(raw_server: Any, tmp_path: Path) -> None:
@@ -178,3 +178,54 @@ def test_a_resume_the_server_answers_from_elsewhere_starts_the_file_again(raw_se
     assert b"Range: bytes=5-" in seen[0] and b"Range:" not in seen[1]
     assert any("cannot resume" in getattr(w, "message", "") for w in warnings)
     assert not [p.name for p in dest.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture
+def keepalive_server() -> Iterator[tuple[str, dict[str, int]]]:
+    """An HTTP/1.1 server that answers every request on a connection with ``hello`` and keeps it open."""
+    counts = {"connections": 0, "requests": 0}
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def one(conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                data = data.split(b"\r\n\r\n", 1)[1]
+                counts["requests"] += 1
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            counts["connections"] += 1
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", counts
+    listener.close()
+    bulk_get.POOL.clear()
+
+
+def test_one_connection_carries_one_download_after_another(keepalive_server: Any, tmp_path: Path) -> None:
+    url, counts = keepalive_server
+    for i in range(3):
+        head, written = fetch(url, tmp_path / f"p{i}")
+        assert (head.status, written) == (200, 5) and (tmp_path / f"p{i}").read_bytes() == b"hello"
+    assert counts == {"connections": 1, "requests": 3}
+
+
+def test_an_idle_connection_the_server_closed_is_replaced_once(raw_server: Any, tmp_path: Path) -> None:
+    url, answers, seen = raw_server  # it closes every connection after one answer, which said nothing of it
+    answers += [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst", b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"]
+    assert fetch(url, tmp_path / "a")[1] == 5
+    assert fetch(url, tmp_path / "b")[1] == 6  # the pooled connection was dead: a new one, nothing lost
+    assert (tmp_path / "b").read_bytes() == b"second" and len(seen) == 2
+    bulk_get.POOL.clear()

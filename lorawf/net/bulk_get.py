@@ -5,6 +5,10 @@ loopback download of a multi-GB LoRA checkpoint at about half of curl's speed. T
 stdlib :mod:`http.client` parses the response (Content-Length, chunked, close-delimited and HTTP/1.0 bodies
 alike), ``readinto`` fills a reused 1 MiB buffer, ``os.write`` puts it on disk (flat memory, run in a worker
 thread). A proxy configured for the host is :class:`Unsupported`: the caller falls back to httpx.
+
+Connections are kept alive and reused by the next download to the same server (:data:`POOL`): on a link with
+a 50 ms round trip a new connection per file cost one more round trip for every validation image. A reused
+connection the server has closed meanwhile is replaced by a new one, once, before any byte is written.
 """
 
 from __future__ import annotations
@@ -87,6 +91,38 @@ class RangeMismatch(Exception):
     """A 206 answer that does not continue the partial file where it ends: nothing was written."""
 
 
+class ConnectionPool:
+    """Idle keep-alive connections per server, shared by the worker threads (a few per server at most)."""
+
+    def __init__(self, per_server: int = 8) -> None:
+        self.per_server = per_server
+        self._idle: dict[tuple[str, ssl.SSLContext | None], list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, key: tuple[str, ssl.SSLContext | None]) -> http.client.HTTPConnection | None:
+        with self._lock:
+            idle = self._idle.get(key)
+            return idle.pop() if idle else None
+
+    def give(self, key: tuple[str, ssl.SSLContext | None], conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self.per_server:
+                idle.append(conn)
+                return
+        conn.close()
+
+    def clear(self) -> None:
+        with self._lock:
+            conns = [c for idle in self._idle.values() for c in idle]
+            self._idle.clear()
+        for conn in conns:
+            conn.close()
+
+
+POOL = ConnectionPool()
+
+
 def _connection(base_url: str, ssl_context: ssl.SSLContext | None, timeout: float) -> http.client.HTTPConnection:
     parts = urlsplit(base_url)
     host = parts.hostname or "localhost"
@@ -133,20 +169,24 @@ def get_to_file(
         raise Unsupported("a header contains a line break")
     parts = urlsplit(base_url)
     target = f"{parts.path.rstrip('/')}{path}?{urlencode(params)}"
-    request_headers = {"Accept-Encoding": "identity", "Connection": "close", **headers}
-    conn = _connection(base_url, ssl_context, timeout)
+    request_headers = {"Accept-Encoding": "identity", **headers}
+    key = (base_url, ssl_context)
+    pooled = POOL.take(key)
+    conn = pooled or _connection(base_url, ssl_context, timeout)
     written = 0
+    keep = False
     try:
         try:
-            conn.connect()
-            if isinstance(stop, Stop):
-                stop.attach(conn.sock)
-            if stop.is_set():
-                raise Interrupted("cancelled", 0)
-            conn.request("GET", target, headers=request_headers)
-            response = conn.getresponse()
+            response = _send(conn, target, request_headers, stop)
         except (OSError, http.client.HTTPException) as exc:
-            raise Interrupted(str(exc) or type(exc).__name__, 0) from None
+            if pooled is None or isinstance(exc, _Cancelled):
+                raise _interrupted(exc) from None
+            conn.close()  # the server closed the idle connection: one new one, nothing was written yet
+            conn = _connection(base_url, ssl_context, timeout)
+            try:
+                response = _send(conn, target, request_headers, stop)
+            except (OSError, http.client.HTTPException) as again:
+                raise _interrupted(again) from None
         head_headers = {name.lower(): value for name, value in response.getheaders()}
         if response.status not in (200, 206):
             try:
@@ -186,10 +226,35 @@ def get_to_file(
                 _write_all(fd, view[:n])
                 written += n
             os.fsync(fd)
+            keep = not response.will_close
         finally:
             os.close(fd)
     finally:
         if isinstance(stop, Stop):
             stop.attach(None)
-        conn.close()
+        if keep:
+            POOL.give(key, conn)
+        else:
+            conn.close()
     return head, written
+
+
+class _Cancelled(OSError):
+    """The stop signal came before the request was sent."""
+
+
+def _interrupted(exc: Exception) -> Interrupted:
+    return Interrupted("cancelled" if isinstance(exc, _Cancelled) else (str(exc) or type(exc).__name__), 0)
+
+
+def _send(conn: http.client.HTTPConnection, target: str, headers: Mapping[str, str],
+          stop: threading.Event) -> http.client.HTTPResponse:
+    """Send the GET on ``conn`` (connecting it first if new) and read the response's head."""
+    if conn.sock is None:
+        conn.connect()
+    if isinstance(stop, Stop):
+        stop.attach(conn.sock)
+    if stop.is_set():
+        raise _Cancelled("cancelled")
+    conn.request("GET", target, headers=dict(headers))
+    return conn.getresponse()
