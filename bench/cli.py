@@ -17,7 +17,7 @@ from typing import Any
 from bench.harness import SCHEMA, CaseResult, Context, Skip, format_case, machine
 
 #: Case modules in the order they run; each has NAME, TITLE and run(ctx) -> CaseResult.
-CASES = ("startup", "patch", "submit", "events", "upload", "download", "outputs", "longrun", "sweep")
+CASES = ("startup", "patch", "submit", "events", "end", "upload", "download", "outputs", "longrun", "sweep")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
 

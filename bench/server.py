@@ -10,7 +10,8 @@ app unchanged and adds:
   walking through the training loops (``executing`` at each loop start) as fast as the socket takes them
   (``rate`` 0) or at ``rate`` messages/s, then ``execution_success``, record a success history entry and send
   ``executing`` ``node: null``. With ``mix`` ``"comfy"`` every progress is preceded by a ``progress_state``
-  message as ComfyUI 0.3.64 sends it. Answers when done, with the server-side send time;
+  message as ComfyUI 0.3.64 sends it. Answers when done, with the server-side send time and the moment
+  (``time.monotonic()``, the same clock in every process) ``execution_success`` went out;
 * ``GET /__bench__/flood`` the messages sent so far by the running flood (for memory sampling).
 """
 
@@ -98,6 +99,7 @@ async def _flood(request: web.Request) -> web.Response:
             status["sent"] = sent
     seconds = time.perf_counter() - start
     await ws.send_str(json.dumps({"type": "execution_success", "data": {"prompt_id": prompt_id, "timestamp": 0}}))
+    success_at = time.monotonic()  # system-wide clock: comparable with the bench's own readings
     item = next((e[3] for e in state.queue if e[1] == prompt_id), None)
     state.delete_queue_item(prompt_id)
     state.history[prompt_id] = {
@@ -110,7 +112,7 @@ async def _flood(request: web.Request) -> web.Response:
     }
     await ws.send_str(json.dumps({"type": "executing", "data": {"node": None, "prompt_id": prompt_id}}))
     status.update(sent=sent, running=False)
-    return web.json_response({"frames": sent, "seconds": seconds})
+    return web.json_response({"frames": sent, "seconds": seconds, "success_at": success_at})
 
 
 async def _flood_status(request: web.Request) -> web.Response:

@@ -1,5 +1,5 @@
 """``python -m lorawf`` runs the command line."""
 
-from lorawf.cli import main
+from lorawf.cli import run
 
-main()
+run()

@@ -145,8 +145,11 @@ class EventSocket:
             await self._ws.close()
 
     async def close(self) -> None:
+        """Stop for good: send the close frame and let the connection go without waiting for the server's
+        answer (a round trip, and more for the TCP close, that only kept the user waiting: docs/bench.md)."""
         self._stopping = True
         if self._ws is not None:
+            self._ws.close_timeout = 0
             with contextlib.suppress(Exception):
                 await self._ws.close()
         if self._task is not None:

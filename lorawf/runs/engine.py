@@ -155,10 +155,10 @@ async def follow_to_done(client: ComfyClient, reporter: Reporter,
 async def _conclude(client: ComfyClient, result: RunResult, download: Path | None, reporter: Reporter,
                     problems: list[str]) -> None:
     """Download outputs if asked, then turn a failed/interrupted run into :class:`RunFailed`."""
-    from lorawf.net.download import download_outputs
-
     problems = list(problems)
     if download is not None and result.files:
+        from lorawf.net.download import download_outputs  # only then: an import here delays every run's end
+
         problems += await download_outputs(client, result.files, download, reporter, result.prompt_id)
     if result.outcome in ("failed", "interrupted"):
         raise RunFailed(result.message)
