@@ -17,8 +17,9 @@ PAGE = Path(__file__).resolve().parent / "reference" / "commands.md"
 
 def _commands(group: click.Group, prefix: str) -> list[tuple[str, click.Command]]:
     out: list[tuple[str, click.Command]] = []
-    for name in sorted(group.commands):
-        command = group.commands[name]
+    commands = group.all_commands() if hasattr(group, "all_commands") else group.commands
+    for name in sorted(commands):
+        command = commands[name]
         if command.hidden:
             continue
         out.append((f"{prefix} {name}", command))
@@ -70,7 +71,7 @@ def render() -> str:
     for path, command in _commands(main, "lorawf"):
         parent = root
         if len(path.split()) > 2:  # a subcommand: its group's context first
-            group = main.commands[path.split()[1]]
+            group = main.all_commands()[path.split()[1]]
             parent = click.Context(group, info_name=path.split()[1], parent=root)
         parts.append(_section(path, command, parent))
     return "\n".join(parts).rstrip() + "\n"

@@ -41,3 +41,23 @@ def test_a_broken_layer_is_caught(tmp_path: Path, module: str, line: str, contra
     assert proc.returncode != 0
     broken = [ln for ln in proc.stdout.splitlines() if ln.rstrip().endswith("BROKEN")]
     assert any(contract in ln for ln in broken), proc.stdout
+
+
+def test_every_command_is_found_in_the_module_the_cli_loads_for_it() -> None:
+    """``lorawf X`` imports only X's module (COMMAND_MODULES): the table and the modules must agree."""
+    import importlib
+
+    from lorawf.cli import COMMAND_MODULES
+
+    defined = {}
+    for module in sorted(set(COMMAND_MODULES.values())):
+        for command in importlib.import_module(f"lorawf.cli.{module}").COMMANDS:
+            defined[command.name] = module
+    assert defined == COMMAND_MODULES
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    code = ("import sys; from lorawf.cli import main; main.get_command(None, 'plan'); "
+            "print(sorted(m for m in sys.modules if m.startswith('lorawf.cli.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "lorawf.cli.offline" in out and "lorawf.cli.server" not in out and "lorawf.cli.sweep" not in out

@@ -152,7 +152,7 @@ def test_the_command_reference_is_generated_from_the_commands() -> None:
     assert committed == module.render(), "docs/reference/commands.md is stale: run python docs/commands_reference.py"
     from lorawf.cli import main
 
-    for name in main.commands:
+    for name in main.all_commands():
         assert f"## `lorawf {name}`" in committed
 
 

@@ -7,6 +7,7 @@ Heavy modules (httpx, websockets, the client) are imported inside the commands t
 from __future__ import annotations
 
 import gc
+import importlib
 import os
 import sys
 from typing import Any, NoReturn
@@ -17,9 +18,39 @@ from lorawf import __version__
 from lorawf.cli.output import say
 from lorawf.errors import EXIT_CANCELLED, LorawfError, exit_code_for
 
+#: The module (under ``lorawf.cli``) that defines each command: ``lorawf submit`` imports only
+#: ``lorawf.cli.server``, not every command's module (start-up time, docs/bench.md).
+COMMAND_MODULES = {
+    "plan": "offline", "patch": "offline", "regen": "offline",
+    "validate": "preflight", "convert": "preflight", "object-info": "preflight",
+    "submit": "server", "watch": "server", "queue": "server", "cancel": "server", "run": "server",
+    "resume": "server",
+    "continue": "continuing",
+    "runs": "records", "sheet": "records",
+    "sweep": "sweep", "compare": "sweep",
+}
+
 
 class LorawfGroup(click.Group):
-    """A click group that turns every :class:`LorawfError` into one line on stderr and its exit code."""
+    """A click group that loads a command's module when the command is asked for, and turns every
+    :class:`LorawfError` into one line on stderr and its exit code."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMAND_MODULES) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if cmd_name not in self.commands and module is not None:
+            for command in importlib.import_module(f"lorawf.cli.{module}").COMMANDS:
+                if command.name is not None:
+                    self.commands.setdefault(command.name, command)
+        return self.commands.get(cmd_name)
+
+    def all_commands(self) -> dict[str, click.Command]:
+        """Every command, loaded (for the command reference)."""
+        ctx = click.Context(self)
+        return {name: command for name in self.list_commands(ctx)
+                if (command := self.get_command(ctx, name)) is not None}
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -89,16 +120,3 @@ def run() -> NoReturn:
             pass
     atexit._run_exitfuncs()
     os._exit(status)
-
-
-def _register_commands() -> None:
-    # Imported here (not at the top) only to keep the registration in one visible place;
-    # these modules import nothing heavy at module level.
-    from lorawf.cli import continuing, offline, preflight, records, server, sweep
-
-    for module in (offline, preflight, server, continuing, records, sweep):
-        for command in module.COMMANDS:
-            main.add_command(command)
-
-
-_register_commands()

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+# httpx's __init__ imports its own command line (click, rich, pygments: 30 ms, measured in docs/bench.md)
+# whenever those are installed; lorawf never runs it. A ``None`` entry makes that import fail the way httpx
+# expects (it then defines a stub ``httpx.main``), which leaves everything else in httpx as it is.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 import httpx
 

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorawf.comfy.events import (
     DEFAULT_LOOP_CLASSES,
@@ -56,8 +56,11 @@ from lorawf.errors import (
     ServerUnreachable,
 )
 from lorawf.fsutil import atomic_write_bytes
+from lorawf.net.follow_io import INBOX_SIZE
 from lorawf.net.http import ComfyClient, Sink
-from lorawf.net.socket import INBOX_SIZE, EventSocket
+
+if TYPE_CHECKING:
+    from lorawf.net.socket import EventSocket
 
 # ------------------------------------------------------------------------------------- the waiter
 
@@ -302,7 +305,11 @@ async def submit_and_wait(
     prompt_id = str(uuid.uuid4())
     extra = _check_extra_data(extra_data, sink, prompt_id)
     inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(INBOX_SIZE)
-    socket = EventSocket(client.settings, client_id, client.ssl_context, inbox) if wait else None
+    socket = None
+    if wait:
+        from lorawf.net.socket import EventSocket  # not for --no-wait: the websockets import costs 15 ms
+
+        socket = EventSocket(client.settings, client_id, client.ssl_context, inbox)
     state = RunState(prompt_id, workflow, loop_classes=options.loop_classes)
     submitted = False
     try:
@@ -363,6 +370,8 @@ async def watch_prompt(client: ComfyClient, prompt_id: str, sink: Sink, *,
     state.number = item[0]
     extra = item[3] if len(item) > 3 and isinstance(item[3], Mapping) else {}
     client_id = str(extra.get("client_id") or uuid.uuid4().hex)
+    from lorawf.net.socket import EventSocket
+
     socket: EventSocket | None = EventSocket(client.settings, client_id, client.ssl_context, inbox)
     try:
         assert socket is not None

@@ -17,13 +17,14 @@ from lorawf.errors import (
     ProtocolError,
     ServerUnreachable,
 )
+from lorawf.net.follow_io import INBOX_SIZE
 from lorawf.net.http import USER_AGENT
 from lorawf.net.settings import ServerSettings
 
+__all__ = ["INBOX_SIZE", "WS_MAX_SIZE", "EventSocket"]
+
 #: Websocket message size limit: far above the library's 1 MiB (full-size PNG frames, big ``executed``).
 WS_MAX_SIZE = 256 * 1024 * 1024
-#: Websocket messages buffered between the reader and the fold; beyond it the reader waits (flat memory).
-INBOX_SIZE = 4096
 
 
 class EventSocket:
