@@ -313,3 +313,39 @@ def test_help_does_not_import_the_client() -> None:
            "assert 'lorawf.net.http' not in sys.modules and 'websockets' not in sys.modules, 'heavy import'"
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=env(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_submit_no_wait_starts_without_httpx_or_websockets(comfy_server: Any, tmp_path: Path) -> None:
+    code = ("import atexit, sys; from lorawf.cli import run; "
+            "atexit.register(lambda: print('loaded', sorted(m for m in ('httpx', 'websockets', 'anyio') "
+            "if m in sys.modules), file=sys.stderr)); run()")
+    proc = subprocess.run([sys.executable, "-c", code, "submit", str(workflow_file(tmp_path)), "--server",
+                           comfy_server.url, "--no-wait"], check=False, capture_output=True, text=True, env=env(),
+                          timeout=60,
+                          cwd=REPO, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "loaded []" in proc.stderr
+    state = comfy_server.state()
+    assert proc.stdout.strip() in state["queue_pending"] + state["queue_running"] + state["history"]
+
+
+def test_submit_no_wait_with_a_proxy_configured_uses_the_full_client(comfy_server: Any, tmp_path: Path) -> None:
+    # a proxy that is never reached: the host is in NO_PROXY, so httpx's client goes direct, as the user asked
+    proc = lorawf("submit", str(workflow_file(tmp_path)), "--server", comfy_server.url, "--no-wait",
+                  HTTP_PROXY="http://127.0.0.1:9", NO_PROXY="example.invalid")
+    assert proc.returncode == 5 and "cannot reach" in proc.stderr  # it went through the (dead) proxy
+
+
+def test_ctrl_c_while_the_server_sits_on_a_no_wait_submit_stops_at_once(comfy_server: Any, tmp_path: Path) -> None:
+    comfy_server.control("stall", route="/prompt", method="POST", seconds=60)
+    proc = subprocess.Popen([*CLI, "submit", str(workflow_file(tmp_path)), "--server", comfy_server.url,
+                             "--no-wait", "--no-preflight"], env=env(), cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not any(r.path.endswith("/prompt") and r.method == "POST" for r in comfy_server.requests()):
+        assert time.monotonic() < deadline, "the POST never arrived"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)  # long before the 60 s stall ends
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err

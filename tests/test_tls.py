@@ -77,3 +77,19 @@ def test_ca_bundle_runs_over_https_and_wss_and_downloads(tls_server: Any, certif
 def test_insecure_must_be_asked_for(tls_server: Any, tmp_path: Path) -> None:
     proc = lorawf(tmp_path, "submit", str(workflow(tmp_path)), "--server", tls_server.url, "--insecure")
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("trust", ["ca-bundle", "none"])
+def test_submit_no_wait_takes_the_one_connection_client_over_https_too(tls_server: Any, certificate: Any,
+                                                                        tmp_path: Path, trust: str) -> None:
+    args = ["--ca-bundle", str(certificate[0])] if trust == "ca-bundle" else []
+    proc = lorawf(tmp_path, "submit", str(workflow(tmp_path)), "--server", tls_server.url, "--no-wait", *args)
+    if trust == "none":  # the same refusal, and the same hint, as the full client's
+        (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+        assert proc.returncode == 5 and "TLS" in line and "--ca-bundle" in line
+        assert not any(r.path.endswith("/prompt") for r in tls_server.requests())
+        return
+    assert proc.returncode == 0, proc.stderr
+    state = tls_server.state()
+    assert proc.stdout.strip() in state["queue_pending"] + state["queue_running"] + state["history"]
+    assert not any(r.websocket for r in tls_server.requests())

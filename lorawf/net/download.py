@@ -7,8 +7,6 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import httpx
-
 from lorawf.comfy.events import (
     Download,
     OutputFile,
@@ -21,7 +19,8 @@ from lorawf.errors import (
 )
 from lorawf.fsutil import sha256_file
 from lorawf.net import bulk_get
-from lorawf.net.http import USER_AGENT, ComfyClient, Sink
+from lorawf.net.api import USER_AGENT, Reply
+from lorawf.net.http import ComfyClient, Sink
 from lorawf.net.tasks import run_bounded
 from lorawf.safepaths import UnsafePath, free_name, is_within, local_path, partial_path
 
@@ -130,7 +129,7 @@ async def _bulk_download(client: ComfyClient, params: dict[str, str], headers: d
     except bulk_get.Interrupted as exc:
         raise ServerUnreachable(client.settings.secrets.scrub(f"cannot reach {client.where} ({what}): {exc}")) from None
     if head.status not in (200, 206):
-        client.check_status(httpx.Response(head.status, headers=dict(head.headers), content=head.body_start), what)
+        client.check_status(Reply(head.status, head.headers, head.body_start), what)
     resumed = head.status == 206 and bool(headers)
     return ("resumed" if resumed else "saved"), head.headers.get("content-length"), written
 
@@ -141,7 +140,7 @@ async def _httpx_download(client: ComfyClient, params: dict[str, str], headers: 
     status = "saved"
     with client.mapped(what):
         async with client.http.stream("GET", "/view", params=params, headers=headers) as resp:
-            client.check_status(resp, what)
+            client.check_response(resp, what)
             if resp.status_code == 206 and headers:
                 start = bulk_get.range_start(resp.headers.get("Content-Range"))
                 if start != offset:

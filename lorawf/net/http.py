@@ -9,8 +9,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 import sys
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,68 +20,35 @@ sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
 
 import httpx
 
-from lorawf import __version__
-from lorawf.comfy.events import (
-    Event,
-    first_line,
-)
-from lorawf.comfy.node_errors import NodeError, parse_node_errors, rejection
-from lorawf.errors import (
-    ProtocolError,
-    ServerRejected,
-    ServerUnreachable,
-    UsageError,
+from lorawf.comfy.events import first_line
+from lorawf.errors import ProtocolError, ServerRejected, ServerUnreachable
+from lorawf.net.api import (
+    USER_AGENT,
+    JsonApi,
+    Reply,
+    Sink,
+    SubmitResult,
+    body_excerpt,
+    make_ssl_context,
+    unreachable,
 )
 from lorawf.net.settings import ServerSettings
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-WS_MAX_SIZE = 256 * 1024 * 1024
-USER_AGENT = f"lorawf/{__version__}"
+__all__ = ["USER_AGENT", "WS_MAX_SIZE", "ComfyClient", "Sink", "SubmitResult", "fetch_object_info", "fetch_queue",
+           "fetch_system_stats", "make_ssl_context"]
 
-Sink = Callable[[Event], None]
+WS_MAX_SIZE = 256 * 1024 * 1024
 
 
 # ------------------------------------------------------------------------------------------ HTTP
 
 
-def make_ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
-    """TLS settings for https/wss: verification on, ``--ca-bundle`` extra roots, explicit ``--insecure``."""
-    if not settings.base_url.startswith("https"):
-        return None
-    try:
-        ctx = ssl.create_default_context(cafile=settings.ca_bundle) if settings.ca_bundle \
-            else ssl.create_default_context()
-    except (OSError, ssl.SSLError) as exc:
-        raise UsageError(f"--ca-bundle {settings.ca_bundle}: cannot load: {exc}") from None
-    if settings.insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def _body_excerpt(resp: httpx.Response, settings: ServerSettings) -> str:
-    try:
-        text = resp.text
-    except Exception:  # noqa: BLE001 - undecodable body: say nothing about it
-        return ""
-    line = first_line(text.replace("\r", "\n"))
-    if line.lower().startswith("500 internal server error"):
-        rest = [ln.strip() for ln in text.splitlines()[1:] if ln.strip()]
-        line = f"{line}: {rest[0]}" if rest else line
-    return settings.secrets.scrub(line[:200])
-
-
-@dataclass(frozen=True)
-class SubmitResult:
-    prompt_id: str
-    number: float | None
-    node_errors: list[NodeError]
-
-
-class ComfyClient:
-    """HTTP side of one server: every request carries the configured headers; errors become lorawf errors."""
+class ComfyClient(JsonApi):
+    """The full client of one server over httpx (one connection pool): the JSON API of
+    :class:`~lorawf.net.api.JsonApi` plus uploads and streamed reads; errors become lorawf errors."""
 
     def __init__(self, settings: ServerSettings, *, timeout: float = 60.0) -> None:
         self.settings = settings
@@ -104,19 +70,12 @@ class ComfyClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    @property
-    def where(self) -> str:
-        return self.settings.redacted_url
-
     def _unreachable(self, exc: Exception, what: str) -> ServerUnreachable:
         if isinstance(exc, httpx.TimeoutException):
-            reason = "timed out"
-        else:
-            reason = first_line(str(exc)) or type(exc).__name__
-            cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, ssl.SSLError) or "CERTIFICATE" in reason.upper():
-                reason = f"TLS error: {reason} (use --ca-bundle FILE, or --insecure to skip verification)"
-        return ServerUnreachable(self.settings.secrets.scrub(f"cannot reach {self.where} ({what}): {reason}"))
+            return unreachable(self.settings, what, "timed out")
+        reason = first_line(str(exc)) or type(exc).__name__
+        cause = exc.__cause__ or exc.__context__
+        return unreachable(self.settings, what, reason, tls=isinstance(cause, ssl.SSLError))
 
     @contextlib.contextmanager
     def mapped(self, what: str) -> Iterator[None]:
@@ -130,101 +89,21 @@ class ComfyClient:
         except httpx.HTTPError as exc:
             raise self._unreachable(exc, what) from None
 
-    async def request(self, method: str, path: str, *, what: str | None = None, **kwargs: Any) -> httpx.Response:
-        """Send one request; transport failures are :class:`ServerUnreachable`, bad statuses ProtocolError."""
-        what = what or f"{method} {path}"
+    async def call(self, method: str, path: str, *, what: str, json_body: Any = None) -> Reply:
         with self.mapped(what):
-            resp = await self.http.request(method, path, **kwargs)
-        self.check_status(resp, what)
-        return resp
+            if json_body is None:
+                resp = await self.http.request(method, path)
+            else:
+                resp = await self.http.request(method, path, json=json_body)
+        return Reply(resp.status_code, resp.headers, resp.content)
 
-    def check_status(self, resp: httpx.Response, what: str, ok: tuple[int, ...] = ()) -> None:
-        code = resp.status_code
-        if 200 <= code < 300 or code in ok:
-            return
-        excerpt = _body_excerpt(resp, self.settings)
-        tail = f": {excerpt}" if excerpt else ""
-        if code in (401, 403, 407):
-            raise ProtocolError(f"{what}: HTTP {code}{tail}",
-                                hint="the server or a proxy refused our credentials; check --header / LORAWF_TOKEN")
-        if code == 413:
-            raise ProtocolError(f"{what}: request too large for the server (HTTP 413){tail}")
-        if code >= 500:
-            raise ProtocolError(f"{what}: server error (HTTP {code}){tail}")
-        raise ProtocolError(f"{what}: unexpected HTTP {code}{tail}")
-
-    def json_of(self, resp: httpx.Response, what: str) -> Any:
+    def check_response(self, resp: httpx.Response, what: str, ok: tuple[int, ...] = ()) -> None:
+        """:meth:`check_status` of an httpx answer, streamed or not (a stream's unread body says nothing)."""
         try:
-            return resp.json()
-        except (ValueError, UnicodeDecodeError):
-            raise ProtocolError(f"{what}: server sent malformed JSON (HTTP {resp.status_code})") from None
-
-    async def get_json(self, path: str, **kwargs: Any) -> Any:
-        what = f"GET {path}"
-        return self.json_of(await self.request("GET", path, what=what, **kwargs), what)
-
-    async def get_object(self, path: str) -> dict[str, Any]:
-        """A GET whose answer must be a JSON object."""
-        body = await self.get_json(path)
-        if not isinstance(body, dict):
-            raise ProtocolError(f"GET {path}: expected a JSON object")
-        return body
-
-    async def object_info(self) -> dict[str, Any]:
-        """``GET /object_info``: every node class the server knows."""
-        return await self.get_object("/object_info")
-
-    async def system_stats(self) -> dict[str, Any]:
-        """``GET /system_stats``: server version, Python/torch versions and devices."""
-        return await self.get_object("/system_stats")
-
-    async def server_facts(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """``/system_stats`` and ``/internal/folder_paths`` (``None`` when the server does not offer it)."""
-        stats = await self.system_stats()
-        try:
-            paths = await self.get_json("/internal/folder_paths")
-        except ProtocolError:
-            paths = None
-        return stats, paths if isinstance(paths, dict) else None
-
-    async def get_queue(self) -> dict[str, Any]:
-        return await self.get_object("/queue")
-
-    async def get_history(self, prompt_id: str) -> dict[str, Any] | None:
-        """Our history entry, or ``None`` while it is ``{}`` (not finished, or unknown)."""
-        body = await self.get_json(f"/history/{prompt_id}")
-        if not isinstance(body, dict):
-            raise ProtocolError(f"GET /history/{prompt_id}: expected a JSON object")
-        entry = body.get(prompt_id)
-        return entry if isinstance(entry, dict) else None
-
-    async def post_prompt(self, workflow: Mapping[str, Any], client_id: str | None, prompt_id: str,
-                          extra_data: Mapping[str, Any] | None = None) -> SubmitResult:
-        """``POST /prompt``; 400 → :class:`PromptRejected`; anything malformed → ProtocolError."""
-        body: dict[str, Any] = {"prompt": workflow, "prompt_id": prompt_id}
-        if client_id:
-            body["client_id"] = client_id
-        if extra_data:
-            body["extra_data"] = dict(extra_data)
-        what = "POST /prompt"
-        with self.mapped(what):
-            resp = await self.http.post("/prompt", json=body)
-        if resp.status_code == 400:
-            data = self.json_of(resp, what)
-            if not isinstance(data, Mapping):
-                raise ProtocolError(f"{what}: HTTP 400 with an unexpected body")
-            raise rejection(400, data.get("error"), parse_node_errors(data.get("node_errors"), workflow))
-        self.check_status(resp, what)
-        data = self.json_of(resp, what)
-        if not isinstance(data, Mapping) or not isinstance(data.get("prompt_id"), str):
-            raise ProtocolError(f"{what}: answer has no prompt_id",
-                                hint=f"it may still have been queued as {prompt_id}; see `lorawf watch {prompt_id}`")
-        return SubmitResult(data["prompt_id"], data.get("number"),
-                            parse_node_errors(data.get("node_errors"), workflow))
-
-    async def post_empty(self, path: str, body: Mapping[str, Any]) -> None:
-        """POSTs that answer an empty 200 (``/queue``, ``/interrupt``): never parse their body."""
-        await self.request("POST", path, json=dict(body))
+            body = resp.content
+        except httpx.ResponseNotRead:
+            body = b""
+        self.check_status(Reply(resp.status_code, resp.headers, body), what, ok)
 
     async def upload(self, local: Path, name: str, subfolder: str, *, kind: str = "input",
                      overwrite: bool = True) -> dict[str, Any]:
@@ -240,12 +119,13 @@ class ComfyClient:
         with self.mapped(what), open(local, "rb") as handle:  # noqa: ASYNC230 - httpx streams the file
             resp = await self.http.post("/upload/image", data=data,
                                         files={"image": (name, handle, "application/octet-stream")})
-        if 400 <= resp.status_code < 500:
-            excerpt = _body_excerpt(resp, self.settings)
-            raise ServerRejected(f"{what}: the server refused the upload (HTTP {resp.status_code})"
+        reply = Reply(resp.status_code, resp.headers, resp.content)
+        if 400 <= reply.status < 500:
+            excerpt = body_excerpt(reply.body, self.settings)
+            raise ServerRejected(f"{what}: the server refused the upload (HTTP {reply.status})"
                                  + (f": {excerpt}" if excerpt else ""))
-        self.check_status(resp, what)
-        body = self.json_of(resp, what)
+        self.check_status(reply, what)
+        body = self.json_of(reply, what)
         if not isinstance(body, Mapping) or body.get("name") != name or body.get("subfolder") != subfolder:
             raise ProtocolError(f"{what}: the server stored it as {body!r}, not as {name!r} in {subfolder!r}")
         return dict(body)
@@ -258,7 +138,7 @@ class ComfyClient:
             async with self.http.stream("GET", "/view", params=params, headers={"Range": "bytes=0-0"}) as resp:
                 if resp.status_code == 404:
                     return None
-                self.check_status(resp, what)
+                self.check_response(resp, what)
                 rng = resp.headers.get("Content-Range", "")
                 if resp.status_code == 206 and "/" in rng and rng.rsplit("/", 1)[1].isdigit():
                     return int(rng.rsplit("/", 1)[1])
@@ -274,7 +154,7 @@ class ComfyClient:
             async with self.http.stream("GET", "/view", params=params) as resp:
                 if resp.status_code == 404:
                     return None
-                self.check_status(resp, what)
+                self.check_response(resp, what)
                 data = b""
                 async for chunk in resp.aiter_bytes():
                     data += chunk

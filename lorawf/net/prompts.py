@@ -56,8 +56,8 @@ from lorawf.errors import (
     ServerUnreachable,
 )
 from lorawf.fsutil import atomic_write_bytes
+from lorawf.net.api import JsonApi, Sink
 from lorawf.net.follow_io import INBOX_SIZE
-from lorawf.net.http import ComfyClient, Sink
 
 if TYPE_CHECKING:
     from lorawf.net.socket import EventSocket
@@ -107,7 +107,7 @@ class RunResult:
 class _Follower:
     """Carries out a :class:`FollowPolicy`'s actions: requests, socket reads, previews. Decides nothing."""
 
-    def __init__(self, client: ComfyClient, socket: EventSocket | None, state: RunState, sink: Sink,
+    def __init__(self, client: JsonApi, socket: EventSocket | None, state: RunState, sink: Sink,
                  options: WaitOptions, inbox: asyncio.Queue[tuple[str, Any]]) -> None:
         self.client = client
         self.socket = socket
@@ -230,7 +230,7 @@ def _result(state: RunState, number: float | None = None) -> RunResult:
     return RunResult(state.prompt_id, outcome, state, state.describe_outcome(), state.files(), number)
 
 
-async def _cancel_after_interrupt(client: ComfyClient, state: RunState, sink: Sink) -> Cancelled:
+async def _cancel_after_interrupt(client: JsonApi, state: RunState, sink: Sink) -> Cancelled:
     """Ctrl-C while waiting: cancel our prompt, report what was done, return the error to raise.
 
     The cancel runs to its end even when Ctrl-C is pressed again meanwhile: a second Ctrl-C must not leave
@@ -256,7 +256,7 @@ def _uncancel(task: asyncio.Task[Any] | None) -> None:
         task.uncancel()
 
 
-async def _cancel_and_read_back(client: ComfyClient, state: RunState, sink: Sink) -> Cancelled:
+async def _cancel_and_read_back(client: JsonApi, state: RunState, sink: Sink) -> Cancelled:
     try:
         action, message = await cancel_prompt(client, state.prompt_id)
     except LorawfError as exc:
@@ -285,7 +285,7 @@ def _check_extra_data(extra_data: Mapping[str, Any] | None, sink: Sink, prompt_i
 
 
 async def submit_and_wait(
-    client: ComfyClient,
+    client: JsonApi,
     workflow: Mapping[str, Any],
     sink: Sink,
     *,
@@ -340,7 +340,7 @@ async def submit_and_wait(
             await socket.close()
 
 
-async def watch_prompt(client: ComfyClient, prompt_id: str, sink: Sink, *,
+async def watch_prompt(client: JsonApi, prompt_id: str, sink: Sink, *,
                        options: WaitOptions | None = None) -> RunResult:
     """Follow a prompt someone already queued: report it from history if finished, else wait for its end.
 
@@ -407,7 +407,7 @@ def _workflow_of(item: Any) -> dict[str, Any] | None:
 # ----------------------------------------------------------------------------------------- cancel
 
 
-async def cancel_prompt(client: ComfyClient, prompt_id: str, *, settle: float = 10.0) -> tuple[str, str]:
+async def cancel_prompt(client: JsonApi, prompt_id: str, *, settle: float = 10.0) -> tuple[str, str]:
     """Cancel one prompt: delete it if pending, interrupt it *by id* if running (never a global interrupt).
 
     Returns ``(action, message)`` with action ``deleted``, ``interrupted`` or ``none``.

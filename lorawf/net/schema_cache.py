@@ -21,7 +21,7 @@ from lorawf.fsutil import atomic_write_text
 from lorawf.net.settings import ServerSettings
 
 if TYPE_CHECKING:  # httpx is imported only when a server is asked
-    from lorawf.net.http import ComfyClient
+    from lorawf.net.api import JsonApi
 
 __all__ = ["cache_dir", "cache_path", "cache_root", "load_cached", "load_server_schemas", "server_schemas", "store"]
 
@@ -77,7 +77,7 @@ def _version(stats: Any) -> str:
     return str(version) if version else UNKNOWN_VERSION
 
 
-async def load_server_schemas(client: ComfyClient, *, refresh: bool = False,
+async def load_server_schemas(client: JsonApi, *, refresh: bool = False,
                               system_stats: Mapping[str, Any] | None = None) -> SchemaSet:
     """Schemas of the client's server: ``/system_stats`` for the version, then the cache or ``/object_info``.
 

@@ -17,8 +17,8 @@ from lorawf.errors import (
     ProtocolError,
     ServerUnreachable,
 )
+from lorawf.net.api import USER_AGENT
 from lorawf.net.follow_io import INBOX_SIZE
-from lorawf.net.http import USER_AGENT
 from lorawf.net.settings import ServerSettings
 
 __all__ = ["INBOX_SIZE", "WS_MAX_SIZE", "EventSocket"]

@@ -33,8 +33,10 @@ from lorawf.net.settings import ServerSettings
 
 if TYPE_CHECKING:  # httpx and websockets load with the first request, not with `lorawf --help`
     from lorawf.comfy.schema import SchemaSet
+    from lorawf.net.api import JsonApi
     from lorawf.net.http import ComfyClient
     from lorawf.net.prompts import RunResult, WaitOptions
+    from lorawf.net.quick import QuickClient
 
 
 class Reporter(Protocol):
@@ -119,7 +121,7 @@ def done_event(prompt_id: str | None, result: RunResult | None, error: LorawfErr
     return Done(prompt_id, outcome, exit_code_for(error), message, files)
 
 
-async def follow_to_done(client: ComfyClient, reporter: Reporter,
+async def follow_to_done(client: JsonApi, reporter: Reporter,
                          wait: Callable[[Reporter], Awaitable[RunResult]], *, download: Path | None = None,
                          after_run: AfterRun | None = None, prompt_id: str | None = None) -> RunResult:
     """Run ``wait`` (submit-and-wait or watch), then ``after_run``, the downloads and the ``done`` event.
@@ -152,12 +154,15 @@ async def follow_to_done(client: ComfyClient, reporter: Reporter,
     return result
 
 
-async def _conclude(client: ComfyClient, result: RunResult, download: Path | None, reporter: Reporter,
+async def _conclude(client: JsonApi, result: RunResult, download: Path | None, reporter: Reporter,
                     problems: list[str]) -> None:
     """Download outputs if asked, then turn a failed/interrupted run into :class:`RunFailed`."""
     problems = list(problems)
     if download is not None and result.files:
         from lorawf.net.download import download_outputs  # only then: an import here delays every run's end
+        from lorawf.net.http import ComfyClient
+
+        assert isinstance(client, ComfyClient), "downloads need the streaming client (client_for with wait)"
 
         problems += await download_outputs(client, result.files, download, reporter, result.prompt_id)
     if result.outcome in ("failed", "interrupted"):
@@ -170,7 +175,7 @@ async def _conclude(client: ComfyClient, result: RunResult, download: Path | Non
 # ------------------------------------------------------------------------------------------ preflight
 
 
-async def gate_workflow(client: ComfyClient, graph: Mapping[str, Any], source: str, reporter: Reporter,
+async def gate_workflow(client: JsonApi, graph: Mapping[str, Any], source: str, reporter: Reporter,
                         schemas: SchemaSet | None = None) -> None:
     """Refuse (exit 4) a workflow the live server would reject; report what it would silently ignore."""
     from lorawf.comfy.preflight import gate
@@ -180,7 +185,7 @@ async def gate_workflow(client: ComfyClient, graph: Mapping[str, Any], source: s
         reporter(Notice(None, problem.render(source), warning=True))
 
 
-async def load_for_submit(client: ComfyClient, path: Path, reporter: Reporter, *,
+async def load_for_submit(client: JsonApi, path: Path, reporter: Reporter, *,
                           preflight: bool = True) -> dict[str, Any]:
     """Read an API- or UI-format workflow (UI converted with the server's schemas) and preflight it."""
     from lorawf.comfy.schema import bundled_schemas
@@ -199,6 +204,20 @@ async def load_for_submit(client: ComfyClient, path: Path, reporter: Reporter, *
 # ------------------------------------------------------------------------------------------ commands
 
 
+def client_for(settings: ServerSettings, wait: bool = True) -> ComfyClient | QuickClient:
+    """The client of one command: httpx's pooled client, or for a command that only submits and leaves
+    (``--no-wait``, no proxy in the way) the one-connection :class:`~lorawf.net.quick.QuickClient`, which
+    starts without importing httpx (docs/bench.md)."""
+    if not wait:
+        from lorawf.net.quick import QuickClient
+
+        if QuickClient.usable(settings):
+            return QuickClient(settings)
+    from lorawf.net.http import ComfyClient
+
+    return ComfyClient(settings)
+
+
 async def submit(settings: ServerSettings, workflow: Mapping[str, Any] | Path, reporter: Reporter,
                  options: FollowOptions | None = None, *, preflight: bool = True) -> RunResult:
     """Submit a workflow (a graph, or a file that is read and preflighted first) and follow it to its end.
@@ -207,15 +226,14 @@ async def submit(settings: ServerSettings, workflow: Mapping[str, Any] | Path, r
     every non-success (RunFailed, PromptRejected, ServerUnreachable, ProtocolError, PromptLost,
     Cancelled...). Returns the result on success, or at once with ``options.wait`` false.
     """
-    from lorawf.net.http import ComfyClient
-
-    async with ending_with_done(reporter, settings) as tracker, ComfyClient(settings) as client:
+    options = options or FollowOptions()
+    async with ending_with_done(reporter, settings) as tracker, client_for(settings, options.wait) as client:
         graph = await load_for_submit(client, workflow, tracker, preflight=preflight) \
             if isinstance(workflow, Path) else workflow
-        return await submit_graph(client, graph, tracker, options or FollowOptions())
+        return await submit_graph(client, graph, tracker, options)
 
 
-async def submit_graph(client: ComfyClient, graph: Mapping[str, Any], reporter: Reporter,
+async def submit_graph(client: JsonApi, graph: Mapping[str, Any], reporter: Reporter,
                        options: FollowOptions, after_run: AfterRun | None = None) -> RunResult:
     """:func:`submit` of a graph on an open client (``lorawf run`` submits with its own ``after_run``)."""
     from lorawf.net.prompts import submit_and_wait
@@ -238,7 +256,7 @@ async def watch(settings: ServerSettings, prompt_id: str, reporter: Reporter,
         return await watch_on(client, prompt_id, tracker, options or FollowOptions())
 
 
-async def watch_on(client: ComfyClient, prompt_id: str, reporter: Reporter, options: FollowOptions,
+async def watch_on(client: JsonApi, prompt_id: str, reporter: Reporter, options: FollowOptions,
                    after_run: AfterRun | None = None) -> RunResult:
     """:func:`watch` on an open client (``lorawf resume`` watches with its own ``after_run``)."""
     from lorawf.net.prompts import watch_prompt
