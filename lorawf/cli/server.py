@@ -25,7 +25,7 @@ from lorawf.cli.options import (
 )
 from lorawf.cli.output import say
 from lorawf.errors import UsageError
-from lorawf.net.upload_plan import DEFAULT_UPLOAD_JOBS, MAX_UPLOAD_JOBS
+from lorawf.net.limits import DEFAULT_UPLOAD_JOBS, MAX_UPLOAD_JOBS
 from lorawf.printable import json_line, printable
 
 COMMANDS: list[click.Command] = []

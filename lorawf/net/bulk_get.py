@@ -19,8 +19,8 @@ import os
 import re
 import socket
 import ssl
+import sys
 import threading
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
@@ -54,6 +54,10 @@ class Head:
 
 def proxied(base_url: str) -> bool:
     """True when the environment configures a proxy for this host (httpx would use it; we cannot)."""
+    if sys.platform not in ("darwin", "win32") and not any(k.lower().endswith("_proxy") for k in os.environ):
+        return False  # the common case, answered without importing urllib.request (start-up time)
+    import urllib.request
+
     parts = urlsplit(base_url)
     proxies = urllib.request.getproxies()
     if not (proxies.get(parts.scheme) or proxies.get("all")):

@@ -21,15 +21,13 @@ from lorawf.fsutil import sha256_file
 from lorawf.net import bulk_get
 from lorawf.net.api import USER_AGENT, Reply
 from lorawf.net.http import ComfyClient, Sink
+from lorawf.net.limits import DOWNLOAD_JOBS
 from lorawf.net.tasks import run_bounded
 from lorawf.safepaths import UnsafePath, free_name, is_within, local_path, partial_path
 
 #: Tries per output file; each retry resumes the partial file.
 DOWNLOAD_ATTEMPTS = 4
-#: Files downloaded at once: at a 50 ms round trip a run's small validation images are latency-bound one by
-#: one; 8 overlapping (on kept-alive connections) kept a 100 Mbit/s link full where 4 left it 17% idle
-#: (docs/bench.md). The fast path's threads come from asyncio's default pool (min(32, CPUs + 4) threads).
-DOWNLOAD_JOBS = 8
+
 
 
 def _same_content(a: Path, b: Path) -> bool:

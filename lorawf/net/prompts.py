@@ -57,7 +57,7 @@ from lorawf.errors import (
 )
 from lorawf.fsutil import atomic_write_bytes
 from lorawf.net.api import JsonApi, Sink
-from lorawf.net.follow_io import INBOX_SIZE
+from lorawf.net.limits import INBOX_SIZE
 
 if TYPE_CHECKING:
     from lorawf.net.socket import EventSocket

@@ -18,7 +18,7 @@ from lorawf.errors import (
     ServerUnreachable,
 )
 from lorawf.net.api import USER_AGENT
-from lorawf.net.follow_io import INBOX_SIZE
+from lorawf.net.limits import INBOX_SIZE
 from lorawf.net.settings import ServerSettings
 
 __all__ = ["INBOX_SIZE", "WS_MAX_SIZE", "EventSocket"]

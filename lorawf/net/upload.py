@@ -31,15 +31,9 @@ from typing import Any
 from lorawf.comfy.events import Event, Notice, Upload
 from lorawf.errors import ProtocolError
 from lorawf.net.http import ComfyClient
+from lorawf.net.limits import DEFAULT_UPLOAD_JOBS, MAX_UPLOAD_JOBS
 from lorawf.net.tasks import run_all, run_bounded
-from lorawf.net.upload_plan import (
-    DEFAULT_UPLOAD_JOBS,
-    MANIFEST_NAME,
-    MAX_UPLOAD_JOBS,
-    UploadFile,
-    files_to_send,
-    manifest,
-)
+from lorawf.net.upload_plan import MANIFEST_NAME, UploadFile, files_to_send, manifest
 
 #: Pauses before re-reading a size that is short: another client's write of the same file may be in flight.
 RECHECK_DELAYS = (0.05, 0.2, 0.5, 1.0)

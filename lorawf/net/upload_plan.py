@@ -19,10 +19,6 @@ from lorawf.fsutil import sha256_file
 from lorawf.training.dataset import CAPTION_EXTENSION, DatasetScan
 
 MANIFEST_NAME = "lorawf-manifest.json"
-#: Files in flight at once by default (``--upload-jobs``): at a 50 ms round trip and 100 Mbit/s, 8 kept the
-#: link full in the bench (docs/bench.md) while the server buffers only a few bodies at a time.
-DEFAULT_UPLOAD_JOBS = 8
-MAX_UPLOAD_JOBS = 64
 # httpx escapes '"' and '\' and control characters in multipart file names, and the server stores what it
 # receives literally: such names would land under another name, so they are refused.
 _FORBIDDEN = set('/\\"\x00') | {chr(c) for c in range(32)} | {"\x7f"}

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from lorawf.comfy.events import Event, Notice, Output, OutputFile, Started, WarningEvent
 from lorawf.errors import LorawfError, UsageError
+from lorawf.net.limits import DEFAULT_UPLOAD_JOBS
 from lorawf.net.settings import ServerSettings
-from lorawf.net.upload_plan import DEFAULT_UPLOAD_JOBS
 from lorawf.runs.engine import FollowOptions, Reporter, submit_graph, watch_on
 from lorawf.training.plan import PlanOverrides
 from lorawf.workflow.patch import PatchOptions
