@@ -433,6 +433,7 @@ class RunState:
     server_finished_ms: int | None = None
     _announced: set[tuple[str, str, str]] = field(default_factory=set)
     _warned_blocked: int = 0
+    _titles: dict[str, str] = field(default_factory=dict)  # node -> title (the workflow does not change)
 
     def __post_init__(self) -> None:
         self._find_loops()
@@ -456,10 +457,12 @@ class RunState:
         if not self.loops:
             return None
         total = value = 0
-        for loop in self.loops.values():
-            steps = loop.steps if loop.steps is not None else max(loop.max_seen, loop.value)
+        for loop in self.loops.values():  # a handful of loops, summed at every progress message
+            steps = loop.steps
+            if steps is None:
+                steps = max(loop.value, loop.max_seen)
             total += steps
-            value += steps if loop.done else min(loop.value, steps)
+            value += steps if loop.done or loop.value > steps else loop.value
         return value, total
 
     @property
@@ -475,6 +478,8 @@ class RunState:
         if not isinstance(mtype, str) or not isinstance(data, Mapping):
             return []
         pid = data.get("prompt_id")
+        if mtype == "progress" and pid == self.prompt_id:  # nearly every message of a run: the short way
+            return self._on_progress(data)
         if mtype == "executing" and "prompt_id" not in data:
             # The reconnect greeting (docs/protocol.md §2.1): bare executing, sent only because our clientId
             # owns the run.
@@ -484,12 +489,13 @@ class RunState:
             return self._start() + self._executing(str(node))
         if pid != self.prompt_id:
             return []
-        self._note_server_time(mtype, data)
-        handler = getattr(self, f"_on_{mtype}", None)
+        if mtype.startswith("execution_"):
+            self._note_server_time(mtype, data)
+        handler = _HANDLERS.get(mtype)
         if handler is None:
             return []
-        result: list[Event] = handler(data)
-        return result
+        events: list[Event] = handler(self, data)
+        return events
 
     def feed_binary(self, frame: BinaryFrame) -> list[Event]:
         """Fold a parsed binary frame: previews of our prompt become a ``preview`` event."""
@@ -633,15 +639,20 @@ class RunState:
         node = str(node) if node is not None else self.current_node
         if node is None:
             return []
-        events = self._start()
         value, maximum = _int(data.get("value")), _int(data.get("max"))
         loop = self.loops.get(node)
         if loop is not None:
             loop.value = value
             loop.max_seen = max(loop.max_seen, maximum)
         overall = self.overall
-        return events + [Progress(self.prompt_id, node, node_title(self.workflow, node), value, maximum,
-                                  overall[0] if overall else None, overall[1] if overall else None)]
+        title = self._titles.get(node)
+        if title is None:
+            title = self._titles[node] = node_title(self.workflow, node)
+        progress = Progress(self.prompt_id, node, title, value, maximum,
+                            overall[0] if overall else None, overall[1] if overall else None)
+        if self.phase == "running":
+            return [progress]
+        return [*self._start(), progress]
 
     def _on_progress_state(self, data: Mapping[str, Any]) -> list[Event]:
         nodes = data.get("nodes")
@@ -738,6 +749,12 @@ class RunState:
                 if self.current_node else ""
             return f"prompt {self.prompt_id} was interrupted{where}"
         return f"prompt {self.prompt_id} is {self.phase}"
+
+
+#: ``type`` of a websocket message -> the :class:`RunState` method that folds it (built once, not per message).
+_HANDLERS: dict[str, Any] = {
+    name[len("_on_"):]: method for name, method in vars(RunState).items() if name.startswith("_on_")
+}
 
 
 def _dependency_order(workflow: Mapping[str, Any], nodes: Sequence[str]) -> list[str]:

@@ -44,6 +44,7 @@ from lorawf.comfy.follow import (
     FollowTiming,
     PollHistory,
     PollQueue,
+    Receive,
     Sleep,
 )
 from lorawf.comfy.node_errors import render_node_errors
@@ -135,8 +136,15 @@ class _Follower:
 
     async def _run(self) -> None:
         policy, client, pid = self.policy, self.client, self.policy.prompt_id
+        clock = self.loop.time
         while True:
-            action = policy.next_action(self.loop.time())
+            now = clock()
+            action = policy.next_action(now)
+            if isinstance(action, Receive):  # nearly always: the next socket item
+                item = await self.next_item(action.until - now)
+                if item is not None:
+                    self.feed(*item)
+                continue
             if isinstance(action, Finish):
                 return
             if isinstance(action, Fail):
@@ -156,10 +164,6 @@ class _Follower:
                     await self.socket.cycle()
             elif isinstance(action, Sleep):
                 await asyncio.sleep(max(0.0, action.until - self.loop.time()))
-            else:
-                item = await self.next_item(action.until - self.loop.time())
-                if item is not None:
-                    self.feed(*item)
 
     def feed(self, kind: str, payload: Any) -> None:
         now = self.loop.time()

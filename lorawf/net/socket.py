@@ -54,6 +54,9 @@ class EventSocket:
             self.url, additional_headers=self.settings.request_headers(), max_size=WS_MAX_SIZE,
             ssl=self.ssl_context if self.url.startswith("wss") else None, open_timeout=self.open_timeout,
             ping_interval=20, ping_timeout=60, close_timeout=5, user_agent_header=USER_AGENT,
+            # no permessage-deflate: ComfyUI's messages are small JSON, and inflating each one cost more
+            # CPU than the bytes saved are worth on any link (docs/bench.md, events)
+            compression=None,
         )
         try:
             while True:  # the first status frame with our sid means the socket is registered
@@ -72,17 +75,23 @@ class EventSocket:
         return ws
 
     async def _deliver(self, frame: str | bytes) -> None:
-        # A bounded inbox: when the server outpaces us, the reader waits and the backlog stays in TCP.
         if isinstance(frame, (bytes, bytearray, memoryview)):
-            await self.inbox.put(("bin", bytes(frame)))
+            await self._put(("bin", bytes(frame)))
             return
         try:
             msg = json.loads(frame)
         except ValueError:
-            await self.inbox.put(("bad", "a websocket text frame was not valid JSON"))
+            await self._put(("bad", "a websocket text frame was not valid JSON"))
             return
         if isinstance(msg, dict):
-            await self.inbox.put(("msg", msg))
+            await self._put(("msg", msg))
+
+    async def _put(self, item: tuple[str, Any]) -> None:
+        # A bounded inbox: when the server outpaces us, the reader waits and the backlog stays in TCP.
+        try:
+            self.inbox.put_nowait(item)  # the usual case, without a coroutine per message
+        except asyncio.QueueFull:
+            await self.inbox.put(item)
 
     async def open(self) -> None:
         """Connect and wait for the registering ``status``; then keep the socket alive in the background."""
