@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import compileall
 import importlib
 import json
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench.harness import SCHEMA, CaseResult, Context, Skip, format_case, machine
+from bench.harness import ROOT, SCHEMA, CaseResult, Context, Skip, format_case, machine
 
 #: Case modules in the order they run; each has NAME, TITLE and run(ctx) -> CaseResult.
 CASES = ("startup", "patch", "submit", "events", "end", "upload", "download", "outputs", "longrun", "sweep")
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lorawf bench: {info['nproc']} CPUs, {info['cpu_model']}, Python {info['python']}, "
           f"repeat={repeat}{', quick' if args.quick else ''}", flush=True)
     results: dict[str, CaseResult] = {}
+    # As installing a wheel does: with PYTHONDONTWRITEBYTECODE set (as on this machine) a checkout would
+    # otherwise compile every lorawf module from source at every process start the cases measure.
+    compileall.compile_dir(str(ROOT / "lorawf"), quiet=1)
     with tempfile.TemporaryDirectory(prefix="lorawf-bench-") as tmp:
         ctx = Context(repeat=repeat, quick=args.quick, workdir=Path(tmp), verbose=args.verbose)
         for name in names:
