@@ -349,3 +349,48 @@ def test_ctrl_c_while_the_server_sits_on_a_no_wait_submit_stops_at_once(comfy_se
     _, err = proc.communicate(timeout=20)  # long before the 60 s stall ends
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+
+
+def server_paths(server: Any) -> list[str]:
+    return [r.path for r in server.requests() if not r.path.startswith("/__test__")]
+
+
+def test_a_second_submit_asks_the_server_nothing_before_its_post(comfy_server: Any, tmp_path: Path) -> None:
+    cache = str(tmp_path / "cache")
+    first = lorawf("submit", str(workflow_file(tmp_path)), "--server", comfy_server.url, "--no-wait",
+                   XDG_CACHE_HOME=cache)
+    assert first.returncode == 0, first.stderr
+    assert "/object_info" in server_paths(comfy_server)  # the first one fills the cache
+    comfy_server.clear_requests()
+    second = lorawf("submit", str(workflow_file(tmp_path)), "--server", comfy_server.url, "--no-wait",
+                    XDG_CACHE_HOME=cache)
+    assert second.returncode == 0, second.stderr
+    assert server_paths(comfy_server) == ["/prompt"]  # preflight from the cache: one round trip in all
+
+
+def test_what_a_stale_cache_finds_is_checked_with_the_server_before_it_is_said(comfy_server: Any,
+                                                                               tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    assert lorawf("submit", str(workflow_file(tmp_path)), "--server", comfy_server.url, "--no-wait",
+                  XDG_CACHE_HOME=str(cache)).returncode == 0
+    (cached,) = (cache / "lorawf" / "object_info").glob("*.json")
+    schemas = json.loads(cached.read_text(encoding="utf-8"))
+    del schemas["AcceptSlowSteps"]  # as if the node pack was installed after the cache was written
+    cached.write_text(json.dumps(schemas), encoding="utf-8")
+    comfy_server.clear_requests()
+    proc = lorawf("submit", str(workflow_file(tmp_path)), "--server", comfy_server.url, "--no-wait",
+                  XDG_CACHE_HOME=str(cache))
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr and "does not exist" not in proc.stderr
+    assert server_paths(comfy_server)[-2:] == ["/object_info", "/prompt"]
+    assert "AcceptSlowSteps" in json.loads(cached.read_text(encoding="utf-8"))  # refreshed
+
+
+def test_a_real_problem_is_refused_after_asking_the_server(comfy_server: Any, tmp_path: Path) -> None:
+    cache = str(tmp_path / "cache")
+    assert lorawf("submit", str(workflow_file(tmp_path)), "--server", comfy_server.url, "--no-wait",
+                  XDG_CACHE_HOME=cache).returncode == 0
+    comfy_server.clear_requests()
+    proc = lorawf("submit", str(workflow_file(tmp_path, 20000)), "--server", comfy_server.url, XDG_CACHE_HOME=cache)
+    assert proc.returncode == 4 and "preflight: the server would reject" in proc.stderr
+    assert "/object_info" in server_paths(comfy_server) and "/prompt" not in server_paths(comfy_server)

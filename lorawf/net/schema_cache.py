@@ -23,7 +23,7 @@ from lorawf.net.settings import ServerSettings
 if TYPE_CHECKING:  # httpx is imported only when a server is asked
     from lorawf.net.api import JsonApi
 
-__all__ = ["cache_dir", "cache_path", "cache_root", "load_cached", "load_server_schemas", "server_schemas", "store"]
+__all__ = ["cache_dir", "cache_path", "cache_root", "cached_server_schemas", "latest_path", "load_cached", "load_server_schemas", "server_schemas", "store"]
 
 UNKNOWN_VERSION = "unknown"
 
@@ -47,6 +47,14 @@ def cache_path(redacted_url: str, version: str, environ: Mapping[str, str] | Non
     return cache_dir(environ) / f"{readable}-{digest}.json"
 
 
+def latest_path(redacted_url: str, environ: Mapping[str, str] | None = None) -> Path:
+    """The file naming the ComfyUI version last cached for a server (``submit`` trusts it: see
+    :func:`cached_server_schemas`)."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", redacted_url).strip("_")[:80]
+    digest = hashlib.sha256(redacted_url.encode()).hexdigest()[:12]
+    return cache_dir(environ) / f"{readable}-{digest}.latest"
+
+
 def load_cached(redacted_url: str, version: str, environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
     """The cached object_info, or ``None`` when absent or unreadable (a bad cache file is ignored)."""
     if version == UNKNOWN_VERSION:
@@ -66,9 +74,27 @@ def store(redacted_url: str, version: str, data: Mapping[str, Any], environ: Map
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(data, ensure_ascii=False))
+        atomic_write_text(latest_path(redacted_url, environ), version + "\n")
     except OSError:
         return None
     return path
+
+
+def cached_server_schemas(redacted_url: str, environ: Mapping[str, str] | None = None) -> SchemaSet | None:
+    """The schemas last cached for this server, without asking it anything (``None`` without a cache).
+
+    For a check whose findings the server would repeat anyway (``submit``'s preflight: the server validates
+    the prompt itself): the caller asks the server (:func:`load_server_schemas` with ``refresh``) before it
+    reports anything found with these, since a node pack installed or a model added since makes them stale.
+    """
+    try:
+        version = latest_path(redacted_url, environ).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    data = load_cached(redacted_url, version, environ) if version else None
+    if data is None:
+        return None
+    return parse_object_info(data, source=f"{redacted_url} (ComfyUI {version}, cached)")
 
 
 def _version(stats: Any) -> str:
