@@ -7,6 +7,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lorawf.comfy.events import (
     SCHEMA,
     Cached,
@@ -295,3 +297,29 @@ def test_every_event_serialises_to_the_stable_schema() -> None:
     assert done["outputs"] == [{"node": "2", "key": "files", "filename": "accept_00002_.txt",
                                 "subfolder": "", "type": "output"}]
     assert isinstance(events[0], Started)
+
+
+def test_events_are_frozen_values_compared_hashed_and_shown_by_their_fields() -> None:
+    import dataclasses
+
+    from lorawf.comfy.follow import PollHistory, PollQueue, Receive
+
+    a, b = Progress("p", "1", "Train", 5, 100, 5, 400), Progress("p", "1", "Train", 5, 100, 5, 400)
+    assert a == b and hash(a) == hash(b) and len({a, b}) == 1
+    assert a != Progress("p", "1", "Train", 6, 100, 6, 400)
+    from lorawf.comfy.values import FieldValue
+
+    @dataclasses.dataclass(frozen=True, eq=False, repr=False)
+    class One(FieldValue):
+        x: int
+
+    @dataclasses.dataclass(frozen=True, eq=False, repr=False)
+    class Other(FieldValue):
+        x: int
+
+    assert One(1) == One(1) and One(1) != Other(1)  # the same fields in another class: not equal
+    assert PollHistory() == PollHistory() and PollHistory() != PollQueue() and Receive(1.0) != Receive(2.0)
+    assert repr(a) == ("Progress(prompt_id='p', node='1', title='Train', value=5, max=100, overall_value=5, "
+                       "overall_max=400)")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.value = 7  # type: ignore[misc]

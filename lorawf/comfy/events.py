@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from lorawf.comfy.graph import is_link
+from lorawf.comfy.values import FieldValue
 
 SCHEMA = "lorawf.event/1"
 
@@ -42,8 +43,8 @@ OUTCOMES = (
 # --------------------------------------------------------------------------------------------- events
 
 
-@dataclass(frozen=True)
-class Event:
+@dataclass(frozen=True, eq=False, repr=False)
+class Event(FieldValue):
     """Base class of every event. ``to_dict`` gives the ``lorawf.event/1`` JSON object."""
 
     kind: ClassVar[str] = "event"
@@ -66,7 +67,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Queued(Event):
     """The prompt is in the queue; ``position`` is its 1-based rank among pending prompts (None: unknown)."""
 
@@ -75,15 +76,15 @@ class Queued(Event):
     position: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Started(Event):
     """The server began executing the prompt."""
 
     kind: ClassVar[str] = "started"
 
 
-@dataclass(frozen=True)
-class NodeRef:
+@dataclass(frozen=True, eq=False, repr=False)
+class NodeRef(FieldValue):
     """A node of the workflow, with its title (``_meta.title``, else the class type)."""
 
     node: str
@@ -94,7 +95,7 @@ class NodeRef:
         return {"node": self.node, "title": self.title, "class_type": self.class_type}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Cached(Event):
     """Nodes whose results the server reused from its cache (they will not run)."""
 
@@ -102,7 +103,7 @@ class Cached(Event):
     nodes: tuple[NodeRef, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Executing(Event):
     """A node started executing. ``loop``/``loops`` number the training loops (1-based) when it is one."""
 
@@ -116,7 +117,7 @@ class Executing(Event):
     overall_max: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Progress(Event):
     """A step of a node with a progress bar; ``overall_*`` sum all training loops (None without loops)."""
 
@@ -129,7 +130,7 @@ class Progress(Event):
     overall_max: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Output(Event):
     """One output of a node: a file (``filename`` set) or a text value (``text`` set).
 
@@ -147,7 +148,7 @@ class Output(Event):
     text: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class WarningEvent(Event):
     """Something the user should know that does not end the run (node_errors on 200, reconnects...)."""
 
@@ -156,7 +157,7 @@ class WarningEvent(Event):
     message: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class ErrorEvent(Event):
     """The run failed on the server (``execution_error``) or was rejected; ``message`` is one line."""
 
@@ -172,7 +173,7 @@ class ErrorEvent(Event):
     node_errors: tuple[Any, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Preview(Event):
     """A binary preview frame for our prompt; ``path`` is set when it was saved (``--previews``)."""
 
@@ -183,7 +184,7 @@ class Preview(Event):
     path: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Download(Event):
     """An output file was written locally (``status``: saved, resumed, same: identical file already there)."""
 
@@ -196,7 +197,7 @@ class Download(Event):
     status: str = "saved"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class CancelDone(Event):
     """What a cancel did: ``deleted`` (was pending), ``interrupted`` (was running) or ``none``."""
 
@@ -205,7 +206,7 @@ class CancelDone(Event):
     message: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Upload(Event):
     """A dataset file was sent to the server (``status`` sent) or found there already (``skipped``)."""
 
@@ -218,7 +219,7 @@ class Upload(Event):
     bytes_total: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Notice(Event):
     """A line about lorawf's own steps (dataset, plan, preflight, run folder); ``warning`` marks advice.
 
@@ -230,7 +231,7 @@ class Notice(Event):
     warning: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)
 class Done(Event):
     """Always the last event: the outcome, the process exit code, a one-line message, every output file."""
 
@@ -241,8 +242,8 @@ class Done(Event):
     outputs: tuple[OutputFile, ...] = ()
 
 
-@dataclass(frozen=True)
-class OutputFile:
+@dataclass(frozen=True, eq=False, repr=False)
+class OutputFile(FieldValue):
     """A file listed in a node's outputs: what ``/view`` needs to fetch it."""
 
     node: str
@@ -345,8 +346,8 @@ def first_line(text: str) -> str:
 # --------------------------------------------------------------------------------------- binary frames
 
 
-@dataclass(frozen=True)
-class BinaryFrame:
+@dataclass(frozen=True, eq=False, repr=False)
+class BinaryFrame(FieldValue):
     """Header of a binary websocket frame (docs/protocol.md §2.5).
 
     ``payload`` is the image or text after the header.

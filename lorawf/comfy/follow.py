@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lorawf.comfy.events import BinaryFrame, Event, RunState, WarningEvent
+from lorawf.comfy.values import FieldValue
 from lorawf.errors import LorawfError, PromptLost, WaitTimeout
 
 #: Seconds of socket silence (about our prompt) after which ``/history`` and ``/queue`` are polled.
@@ -47,8 +48,8 @@ def reconnect_delay(attempt: int) -> float:
     return backoff(attempt, first=0.5, cap=30.0)
 
 
-@dataclass(frozen=True)
-class FollowTiming:
+@dataclass(frozen=True, eq=False, repr=False)
+class FollowTiming(FieldValue):
     """The policy's clock settings, in seconds. ``timeout`` ``None`` waits for as long as it takes."""
 
     poll_interval: float = POLL_INTERVAL
@@ -61,42 +62,42 @@ class FollowTiming:
 # ------------------------------------------------------------------------------------------ actions
 
 
-@dataclass(frozen=True)
-class PollHistory:
+@dataclass(frozen=True, eq=False, repr=False)
+class PollHistory(FieldValue):
     """``GET /history/{prompt_id}``; feed the answer to :meth:`FollowPolicy.history`."""
 
 
-@dataclass(frozen=True)
-class PollQueue:
+@dataclass(frozen=True, eq=False, repr=False)
+class PollQueue(FieldValue):
     """``GET /queue``; feed the answer to :meth:`FollowPolicy.queue`."""
 
 
-@dataclass(frozen=True)
-class CycleSocket:
+@dataclass(frozen=True, eq=False, repr=False)
+class CycleSocket(FieldValue):
     """Close the websocket cleanly and reconnect with the same clientId (re-registers the sid)."""
 
 
-@dataclass(frozen=True)
-class Receive:
+@dataclass(frozen=True, eq=False, repr=False)
+class Receive(FieldValue):
     """Wait for the next socket item until ``until``; at ``until`` with nothing, just ask again."""
 
     until: float
 
 
-@dataclass(frozen=True)
-class Sleep:
+@dataclass(frozen=True, eq=False, repr=False)
+class Sleep(FieldValue):
     """Wait until ``until`` without reading the socket (between history reads while confirming)."""
 
     until: float
 
 
-@dataclass(frozen=True)
-class Finish:
+@dataclass(frozen=True, eq=False, repr=False)
+class Finish(FieldValue):
     """The outcome is confirmed from history: stop following."""
 
 
-@dataclass(frozen=True)
-class Fail:
+@dataclass(frozen=True, eq=False, repr=False)
+class Fail(FieldValue):
     """Stop following with ``error`` (lost, timed out, or the server stayed away past the grace time)."""
 
     error: LorawfError
