@@ -6,7 +6,6 @@ Heavy modules (httpx, websockets, the client) are imported inside the commands t
 
 from __future__ import annotations
 
-import gc
 import importlib
 import os
 import sys
@@ -53,14 +52,6 @@ class LorawfGroup(click.Group):
                 if (command := self.get_command(ctx, name)) is not None}
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return self._invoke(ctx)
-        finally:
-            # The command is over: move every object out of the collector's reach, so the interpreter's exit
-            # does not scan them all again (it took 90 ms after a server command, measured in docs/bench.md).
-            gc.freeze()
-
-    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except LorawfError as err:
