@@ -384,3 +384,22 @@ async def test_outputs_bound_for_one_local_path_are_fetched_in_turn_without_over
     assert comfy_server.state()["in_flight_max"]["/view"] == 1  # one .part file, one writer at a time
     assert sorted(p.read_bytes()[:1] for p in dest.iterdir()) == [b"a", b"b"]  # the second got a free name
     assert sorted(p.name for p in dest.iterdir()) == ["lora (1).safetensors", "lora.safetensors"]
+
+
+async def test_a_partial_file_that_is_already_whole_is_put_in_place(comfy_server: Any, tmp_path: Path) -> None:
+    """Stopped between the last byte and the rename: the resume is answered 416 and nothing is fetched again."""
+    content = b"the whole LoRA" * 1000
+    (comfy_server.root / "output" / "lora.safetensors").write_bytes(content)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    etag = http_get(f"{comfy_server.url}/view", params={"filename": "lora.safetensors", "type": "output",
+                                                          "subfolder": ""}).headers.get("ETag")
+    assert etag, "the test server answers /view with an ETag, as aiohttp's FileResponse does"
+    (dest / ".lora.safetensors.part").write_bytes(content)
+    (dest / ".lora.safetensors.part.etag").write_text(etag)
+    events = Events()
+    ref = OutputFile("9", "files", "lora.safetensors", "", "output")
+    assert await download_outputs(settings_for(comfy_server), [ref], dest, events, "p") == []
+    assert (dest / "lora.safetensors").read_bytes() == content
+    assert [d.status for d in events.of(Download)] == ["resumed"] and not events.of(WarningEvent)
+    assert sorted(p.name for p in dest.iterdir()) == ["lora.safetensors"]

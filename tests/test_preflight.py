@@ -187,7 +187,8 @@ def test_server_schemas_fetch_once_then_cache(comfy_server: Any, tmp_path: Path,
     assert asked() == ["/system_stats", "/object_info", "/system_stats"]
     assert set(first) == set(second) == set(SCHEMAS)
     assert "secret" not in first.source and "0.3.64" in first.source
-    cached = list((tmp_path / "lorawf" / "object_info").iterdir())
+    cached = list((tmp_path / "lorawf" / "object_info").glob("*.json"))
     assert len(cached) == 1 and "secret" not in cached[0].name
+    assert not [p for p in (tmp_path / "lorawf" / "object_info").iterdir() if "secret" in p.name]
     schema_cache.server_schemas(settings, refresh=True)
     assert asked()[-1] == "/object_info"

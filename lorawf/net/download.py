@@ -94,6 +94,19 @@ async def download_file(client: ComfyClient, ref: OutputFile, dest: Path, prompt
                     "same" if placed_status == "same" else status)
 
 
+def _complete_part(content_range: str | None, part: Path, tag_file: Path, offset: int,
+                   what: str) -> tuple[str, str | None, int]:
+    """A resume answered 416 (nothing left to send): the partial file already holds the whole file when the
+    server's size (``Content-Range: bytes */SIZE``, after its ``If-Range`` matched our ETag) is its size, as
+    when a run was stopped between the last byte and putting the file in place; else it starts again."""
+    size = (content_range or "").strip().removeprefix("bytes */")
+    if size.isdigit() and int(size) == offset:
+        return "resumed", None, offset
+    _start_over(part, tag_file)
+    raise ProtocolError(f"{what}: cannot resume (the server has {size or 'an unknown size'} bytes, the partial "
+                        f"file {offset}); starting the file again")
+
+
 def _start_over(part: Path, tag_file: Path) -> None:
     """Drop a partial file that cannot be resumed, so the next attempt downloads it whole."""
     part.unlink(missing_ok=True)
@@ -126,6 +139,8 @@ async def _bulk_download(client: ComfyClient, params: dict[str, str], headers: d
         raise
     except bulk_get.Interrupted as exc:
         raise ServerUnreachable(client.settings.secrets.scrub(f"cannot reach {client.where} ({what}): {exc}")) from None
+    if head.status == 416 and headers:
+        return _complete_part(head.headers.get("content-range"), part, tag_file, offset, what)
     if head.status not in (200, 206):
         client.check_status(Reply(head.status, head.headers, head.body_start), what)
     resumed = head.status == 206 and bool(headers)
@@ -138,6 +153,8 @@ async def _httpx_download(client: ComfyClient, params: dict[str, str], headers: 
     status = "saved"
     with client.mapped(what):
         async with client.http.stream("GET", "/view", params=params, headers=headers) as resp:
+            if resp.status_code == 416 and headers:
+                return _complete_part(resp.headers.get("content-range"), part, tag_file, offset, what)
             client.check_response(resp, what)
             if resp.status_code == 206 and headers:
                 start = bulk_get.range_start(resp.headers.get("Content-Range"))
