@@ -188,11 +188,12 @@ def drop(workflow: dict[str, Any], cls: str) -> dict[str, Any]:
 
 def test_template_errors_name_the_role(template: dict[str, Any]) -> None:
     plan, opts = plan_training(43), PatchOptions(token="ink")
-    with pytest.raises(TemplateError, match="no InitFluxLoRATraining node found"):
+    with pytest.raises(TemplateError, match="no InitFluxLoRATraining, InitSDXLLoRATraining or InitSD3LoRATraining "
+                                            "node found"):
         patch_workflow(drop(template, "InitFluxLoRATraining"), plan, opts, SCHEMAS)
     doubled = copy.deepcopy(template)
     doubled["777"] = copy.deepcopy(template["105"])
-    with pytest.raises(TemplateError, match="2 InitFluxLoRATraining nodes"):
+    with pytest.raises(TemplateError, match="2 training initialiser nodes"):
         patch_workflow(doubled, plan, opts, SCHEMAS)
     branched = copy.deepcopy(template)
     branched["778"] = {"class_type": "FluxTrainLoop", "inputs": {"network_trainer": ["105", 0], "steps": 5}}

@@ -28,6 +28,7 @@ from lorawf.comfy.preflight import MAX_FILE_NAME, longest_trainer_file_name
 from lorawf.comfy.schema import InputSpec, NodeSchema, SchemaSet
 from lorawf.errors import OverrideError, TemplateError, TokenError
 from lorawf.safepaths import file_stem
+from lorawf.training.families import FAMILIES, FLUX, ModelFamily
 from lorawf.training.plan import TrainingPlan
 
 PLACEHOLDER = "STYLE_TOKEN"
@@ -38,19 +39,19 @@ SAVE = "FluxTrainSave"
 VALIDATE = "FluxTrainValidate"
 END = "FluxTrainEnd"
 INIT = "InitFluxLoRATraining"
+#: The Init node of each family (training/families.py): it says which family a template trains.
+INIT_FAMILIES: dict[str, ModelFamily] = {f.init_class: f for f in FAMILIES.values()}
+VALIDATE_CLASSES = frozenset(f.validate_class for f in FAMILIES.values())
 AND_VALIDATE = "FluxTrainAndValidateLoop"
 BLOCK_SLOTS = 10  # ids per generated block: base + 10 * block + slot
 
 # Inputs the plan owns: ``--set`` on them would desynchronise the plan from the chain, so it names the option.
 PLANNED_INPUTS: dict[tuple[str, str], str] = {
-    (INIT, "max_train_steps"): "--steps or --steps-per-image",
+    **{(family.init_class, name): option for family in FAMILIES.values() for name, option in (
+        ("max_train_steps", "--steps or --steps-per-image"), ("learning_rate", "--lr"), ("network_dim", "--dim"),
+        ("network_alpha", "--alpha"), ("output_name", "--output-name"), ("output_dir", "--checkpoint-dir"),
+        (family.prompt_inputs[0], "the prompts node"))},
     (LOOP, "steps"): "--steps and --interval",
-    (INIT, "learning_rate"): "--lr",
-    (INIT, "network_dim"): "--dim",
-    (INIT, "network_alpha"): "--alpha",
-    (INIT, "output_name"): "--output-name",
-    (INIT, "output_dir"): "--checkpoint-dir",
-    (INIT, "sample_prompts"): "the prompts node",
     ("TrainDatasetAdd", "batch_size"): "--batch",
     ("TrainDatasetAdd", "num_repeats"): "--repeats",
     ("TrainDatasetAdd", "class_tokens"): "--token",
@@ -104,6 +105,7 @@ class Roles:
     prefix: tuple[str, ...]  # chain nodes between Init and the first loop
     blocks: tuple[Block, ...]
     end: str
+    family: ModelFamily = FLUX  # told by the Init node's class
 
 
 @dataclass(frozen=True)
@@ -206,8 +208,16 @@ def _linked_source(workflow: Workflow, node_id: str, input_name: str) -> str | N
 def find_roles(workflow: Workflow, schemas: SchemaSet) -> Roles:
     """Locate every role the patcher needs; a role with no node, or several where one is expected, is an error."""
     _check_shape(workflow)
-    init = _only(workflow, INIT, "training initialiser")
-    if _linked_source(workflow, init, "network_config") is not None:
+    inits = [n for n, node in workflow.items() if node.get("class_type") in INIT_FAMILIES]
+    if not inits:
+        *first, last = INIT_FAMILIES
+        raise TemplateError(f"template: no {', '.join(first)} or {last} node found (role: training initialiser)")
+    if len(inits) > 1:
+        raise TemplateError(f"template: {len(inits)} training initialiser nodes ({', '.join(inits)}) for the "
+                            "single role training initialiser")
+    init = inits[0]
+    family = INIT_FAMILIES[workflow[init]["class_type"]]
+    if family is FLUX and _linked_source(workflow, init, "network_config") is not None:
         raise TemplateError(
             f"{_label(workflow, init)}: TrainNetworkConfig is wired into network_config; at FluxTrainer 639b3e8 it "
             "crashes with network_type 'lora' and selects the SD LoRA module. Remove it for Flux LoRA training"
@@ -234,9 +244,10 @@ def find_roles(workflow: Workflow, schemas: SchemaSet) -> Roles:
         raise TemplateError(f"template: no TrainDatasetAdd feeds {_label(workflow, init)} (role: dataset)")
     adds.reverse()
 
-    prompts_source = _linked_source(workflow, init, "sample_prompts")
+    prompt_input = family.prompt_inputs[0]  # SDXL: sample_prompts_pos (the negative ones stay as they are)
+    prompts_source = _linked_source(workflow, init, prompt_input)
     if prompts_source is None:
-        prompts = (init, "sample_prompts")
+        prompts = (init, prompt_input)
     else:
         texts = {
             name: value
@@ -246,7 +257,7 @@ def find_roles(workflow: Workflow, schemas: SchemaSet) -> Roles:
         string_inputs = list(texts) if len(texts) == 1 else [n for n, v in texts.items() if PLACEHOLDER in v]
         if len(string_inputs) != 1:
             raise TemplateError(
-                f"{_label(workflow, prompts_source)} feeds sample_prompts but has "
+                f"{_label(workflow, prompts_source)} feeds {prompt_input} but has "
                 f"{'no' if not string_inputs else 'several'} text input(s) that could hold the prompts "
                 f"(role: validation prompts); put them in one input with the {PLACEHOLDER} placeholder"
             )
@@ -307,13 +318,13 @@ def find_roles(workflow: Workflow, schemas: SchemaSet) -> Roles:
         side = _belonging(workflow, schemas, members, downstream)
         attached = tuple(n for n in downstream if n not in side)
         blocks.append(Block(tuple(members), side, attached))
-    return Roles(init, general, tuple(adds), optimizer, prompts, prefix, tuple(blocks), end)
+    return Roles(init, general, tuple(adds), optimizer, prompts, prefix, tuple(blocks), end, family)
 
 
 def _belonging(workflow: Workflow, schemas: SchemaSet, members: list[str], downstream: list[str]) -> tuple[str, ...]:
     """The downstream nodes that show or save what the block's Save/Validate produced (not the trainer state):
     they are per checkpoint. A node fed by one of them belongs too."""
-    products = {m for m in members if workflow[m]["class_type"] in (SAVE, VALIDATE)}
+    products = {m for m in members if workflow[m]["class_type"] == SAVE or workflow[m]["class_type"] in VALIDATE_CLASSES}
     belongs: list[str] = []
     changed = True
     while changed:
@@ -418,7 +429,7 @@ def _block_title(cls: str, prototype_title: str, start: int, end: int, index: in
         return f"Train steps {start + 1}-{end} (block {index}/{count})"
     if cls == SAVE:
         return f"Save LoRA checkpoint @ step {end}"
-    if cls == VALIDATE:
+    if cls in VALIDATE_CLASSES:
         return f"Validation images @ step {end}"
     # the prototype's own step number goes ("checkpoint @ 600", "preview step 250"): each block gets its own
     base = re.sub(r"\s*(@\s*)?(step\s*)?\d+$", "", prototype_title, flags=re.IGNORECASE) or cls
@@ -632,9 +643,9 @@ def patch_workflow(
     notes = expand_train_and_validate(target)
     roles = find_roles(target, schemas)
     init = roles.init
-    if not any(target[n]["class_type"] == VALIDATE for n in roles.blocks[0].chain):
-        notes.append("the template has no FluxTrainValidate in its training block: the run writes no validation "
-                     "images, and the contact sheet has no columns")
+    if not any(target[n]["class_type"] in VALIDATE_CLASSES for n in roles.blocks[0].chain):
+        notes.append(f"the template has no {roles.family.validate_class} in its training block: the run writes no "
+                     "validation images, and the contact sheet has no columns")
 
     output_name = options.output_name
     if output_name is not None:
