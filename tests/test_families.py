@@ -108,3 +108,14 @@ def test_a_template_without_a_known_training_initialiser_names_all_three() -> No
             node["class_type"] = "InitSD15LoRATraining"
     with pytest.raises(TemplateError, match="no InitFluxLoRATraining, InitSDXLLoRATraining or InitSD3LoRATraining node"):
         find_roles(template, bundled_schemas())
+
+
+def test_the_contact_sheet_reads_an_sdxl_runs_prompts() -> None:
+    from lorawf.comfy.schema import bundled_schemas
+    from lorawf.runs.sheet import prompts_from_workflow
+    from lorawf.training.plan import plan_training
+    from lorawf.workflow.patch import PatchOptions, patch_workflow
+
+    out = patch_workflow(sdxl_example_as_template(), plan_training(43), PatchOptions(token="inkwash"),
+                         bundled_schemas()).workflow
+    assert prompts_from_workflow(out) == ["inkwash, a misty valley", "inkwash, a heron"]

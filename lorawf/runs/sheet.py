@@ -76,12 +76,16 @@ def split_prompts(text: str) -> list[str]:
 
 
 def prompts_from_workflow(workflow: Mapping[str, Any]) -> list[str]:
-    """The validation prompts of an API-format workflow: ``InitFluxLoRATraining.sample_prompts``, or the text
-    of the node linked into it (its only string input, or ``value``/``string``). ``[]`` when not found."""
+    """The validation prompts of an API-format workflow: the training initialiser's prompt input
+    (``sample_prompts``; SDXL's ``sample_prompts_pos``), or the text of the node linked into it (its only string
+    input, or ``value``/``string``). ``[]`` when not found."""
+    from lorawf.training.families import FAMILIES
+
+    prompt_input = {f.init_class: f.prompt_inputs[0] for f in FAMILIES.values()}
     for node in workflow.values():
-        if not isinstance(node, dict) or node.get("class_type") != "InitFluxLoRATraining":
+        if not isinstance(node, dict) or node.get("class_type") not in prompt_input:
             continue
-        value: Any = (node.get("inputs") or {}).get("sample_prompts")
+        value: Any = (node.get("inputs") or {}).get(prompt_input[str(node["class_type"])])
         if isinstance(value, str):
             return split_prompts(value)
         source = workflow.get(str(value[0])) if is_link(value) else None
