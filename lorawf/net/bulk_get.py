@@ -127,7 +127,8 @@ class ConnectionPool:
 POOL = ConnectionPool()
 
 
-def _connection(base_url: str, ssl_context: ssl.SSLContext | None, timeout: float) -> http.client.HTTPConnection:
+def new_connection(base_url: str, ssl_context: ssl.SSLContext | None, timeout: float) -> http.client.HTTPConnection:
+    """An unconnected ``http.client`` connection to the server of ``base_url`` (https with ``ssl_context``)."""
     parts = urlsplit(base_url)
     host = parts.hostname or "localhost"
     if parts.scheme == "https":
@@ -176,7 +177,7 @@ def get_to_file(
     request_headers = {"Accept-Encoding": "identity", **headers}
     key = (base_url, ssl_context)
     pooled = POOL.take(key)
-    conn = pooled or _connection(base_url, ssl_context, timeout)
+    conn = pooled or new_connection(base_url, ssl_context, timeout)
     written = 0
     keep = False
     try:
@@ -186,7 +187,7 @@ def get_to_file(
             if pooled is None or isinstance(exc, _Cancelled):
                 raise _interrupted(exc) from None
             conn.close()  # the server closed the idle connection: one new one, nothing was written yet
-            conn = _connection(base_url, ssl_context, timeout)
+            conn = new_connection(base_url, ssl_context, timeout)
             try:
                 response = _send(conn, target, request_headers, stop)
             except (OSError, http.client.HTTPException) as again:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from lorawf.comfy.events import first_line
 from lorawf.errors import ServerUnreachable
 from lorawf.net.api import USER_AGENT, JsonApi, Reply, make_ssl_context, unreachable
-from lorawf.net.bulk_get import proxied
+from lorawf.net.bulk_get import new_connection, proxied
 from lorawf.net.settings import ServerSettings
 
 if TYPE_CHECKING:
@@ -36,11 +36,7 @@ class QuickClient(JsonApi):
         self.settings = settings
         self.ssl_context = make_ssl_context(settings)
         self.timeout = timeout
-        parts = urlsplit(settings.base_url)
-        self._prefix = parts.path.rstrip("/")
-        self._host = parts.hostname or "localhost"
-        self._port = parts.port
-        self._https = parts.scheme == "https"
+        self._prefix = urlsplit(settings.base_url).path.rstrip("/")
         self._headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **settings.request_headers()}
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
@@ -117,11 +113,7 @@ class QuickClient(JsonApi):
         with self._lock:
             if self._conn is not None:
                 return self._conn, True
-            if self._https:
-                self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
-                                                         context=self.ssl_context or ssl.create_default_context())
-            else:
-                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+            self._conn = new_connection(self.settings.base_url, self.ssl_context, self.timeout)
             return self._conn, False
 
     def _drop(self) -> None:

@@ -40,19 +40,22 @@ def cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     return cache_root(environ) / "object_info"
 
 
+def _cache_file(parts: tuple[str, ...], suffix: str, environ: Mapping[str, str] | None) -> Path:
+    """``<readable parts>-<digest of parts><suffix>`` in the cache folder: legible, and unique per parts."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(parts)).strip("_")[:80]
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+    return cache_dir(environ) / f"{readable}-{digest}{suffix}"
+
+
 def cache_path(redacted_url: str, version: str, environ: Mapping[str, str] | None = None) -> Path:
     """The cache file for one server URL (already redacted) and ComfyUI version."""
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{redacted_url}_{version}").strip("_")[:80]
-    digest = hashlib.sha256(f"{redacted_url}\n{version}".encode()).hexdigest()[:12]
-    return cache_dir(environ) / f"{readable}-{digest}.json"
+    return _cache_file((redacted_url, version), ".json", environ)
 
 
 def latest_path(redacted_url: str, environ: Mapping[str, str] | None = None) -> Path:
     """The file naming the ComfyUI version last cached for a server (``submit`` trusts it: see
     :func:`cached_server_schemas`)."""
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", redacted_url).strip("_")[:80]
-    digest = hashlib.sha256(redacted_url.encode()).hexdigest()[:12]
-    return cache_dir(environ) / f"{readable}-{digest}.latest"
+    return _cache_file((redacted_url,), ".latest", environ)
 
 
 def load_cached(redacted_url: str, version: str, environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:

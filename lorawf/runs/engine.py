@@ -182,49 +182,55 @@ async def gate_workflow(client: JsonApi, graph: Mapping[str, Any], source: str, 
     from lorawf.comfy.preflight import gate
     from lorawf.net.schema_cache import load_server_schemas
 
-    for problem in gate(graph, schemas or await load_server_schemas(client), source):
+    _warn(reporter, gate(graph, schemas or await load_server_schemas(client), source), source)
+
+
+def _warn(reporter: Reporter, problems: list[Problem], source: str) -> None:
+    """What the server would let through silently, one warning notice each."""
+    for problem in problems:
         reporter(Notice(None, problem.render(source), warning=True))
 
 
 async def load_for_submit(client: JsonApi, path: Path, reporter: Reporter, *,
                           preflight: bool = True) -> dict[str, Any]:
-    """Read an API- or UI-format workflow (UI converted with the server's schemas) and preflight it.
+    """Read an API- or UI-format workflow (UI converted with the server's schemas) and preflight it."""
+    from lorawf.comfy.schema import bundled_schemas
+    from lorawf.workflow.io import load_workflow
 
-    The preflight starts from the schemas cached for this server, without a request (the server validates
-    the prompt again when it arrives, so a stale cache cannot let anything through); only a problem found, or a
-    UI file to convert, makes it ask the server first (``/system_stats``, a fresh ``/object_info``). Over a
-    50 ms round trip that is one round trip less before every submit (docs/bench.md).
+    problems: list[Problem] = []
+    if preflight:
+        graph, was_ui, problems = await _preflighted(client, path)
+    else:
+        graph, was_ui = load_workflow(path, bundled_schemas())
+    if was_ui:
+        reporter(Notice(None, f"{path}: UI-format workflow converted to API format"))
+    _warn(reporter, problems, str(path))
+    return graph
+
+
+async def _preflighted(client: JsonApi, path: Path) -> tuple[dict[str, Any], bool, list[Problem]]:
+    """The workflow, whether it was a UI file, and what the server would ignore (raises for what it rejects).
+
+    It starts from the schemas cached for this server, without a request (the server validates the prompt
+    again when it arrives, so a stale cache cannot let anything through); no cache, a UI file to convert or
+    anything found makes it ask the server (a fresh ``/object_info``) and check again before anything is said.
+    Over a 50 ms round trip that is one round trip less before every submit (docs/bench.md).
     """
     from lorawf.comfy.preflight import gate
-    from lorawf.comfy.schema import bundled_schemas
     from lorawf.errors import PreflightRejected
     from lorawf.net.schema_cache import cached_server_schemas, load_server_schemas
     from lorawf.workflow.io import load_workflow
 
-    problems: list[Problem] | None = []
-    if not preflight:
-        graph, was_ui = load_workflow(path, bundled_schemas())
-    else:
-        schemas = cached_server_schemas(client.settings.redacted_url)
-        fresh = schemas is None
-        if schemas is None:
-            schemas = await load_server_schemas(client)
-        graph, was_ui = load_workflow(path, schemas)
-        try:
-            problems = gate(graph, schemas, str(path)) if fresh or not was_ui else None
-        except PreflightRejected:
-            if fresh:
-                raise
-            problems = None
-        if problems is None or (problems and not fresh):  # found with cached schemas: ask the server
-            schemas = await load_server_schemas(client, refresh=True)
-            graph, was_ui = load_workflow(path, schemas)
-            problems = gate(graph, schemas, str(path))
-    if was_ui:
-        reporter(Notice(None, f"{path}: UI-format workflow converted to API format"))
-    for problem in problems or []:
-        reporter(Notice(None, problem.render(str(path)), warning=True))
-    return graph
+    cached = cached_server_schemas(client.settings.redacted_url)
+    if cached is not None:
+        graph, was_ui = load_workflow(path, cached)
+        if not was_ui:
+            with contextlib.suppress(PreflightRejected):
+                if not gate(graph, cached, str(path)):
+                    return graph, was_ui, []
+    schemas = await load_server_schemas(client, refresh=cached is not None)
+    graph, was_ui = load_workflow(path, schemas)
+    return graph, was_ui, gate(graph, schemas, str(path))
 
 
 # ------------------------------------------------------------------------------------------ commands
