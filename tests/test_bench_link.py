@@ -8,11 +8,12 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.tcp import tcp_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,23 +21,15 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def echo_port() -> Iterator[int]:
     """A TCP server that sends back the sha256 of everything it received, once the client half-closes."""
-    listener = socket.create_server(("127.0.0.1", 0))
+    def echo_digest(conn: socket.socket) -> None:
+        with conn:
+            digest = hashlib.sha256()
+            while chunk := conn.recv(1 << 16):
+                digest.update(chunk)
+            conn.sendall(digest.hexdigest().encode() + b"\n" + b"x" * 3_000_000)
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                digest = hashlib.sha256()
-                while chunk := conn.recv(1 << 16):
-                    digest.update(chunk)
-                conn.sendall(digest.hexdigest().encode() + b"\n" + b"x" * 3_000_000)
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield listener.getsockname()[1]
-    listener.close()
+    with tcp_server(echo_digest) as port:
+        yield port
 
 
 def test_bytes_cross_the_link_whole_both_ways_with_a_small_window(echo_port: int) -> None:

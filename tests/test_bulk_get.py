@@ -14,6 +14,7 @@ import pytest
 from lorawf.comfy.events import OutputFile
 from lorawf.net import bulk_get, download, http
 from lorawf.net.settings import ServerSettings
+from tests.tcp import tcp_server
 
 
 @pytest.fixture
@@ -21,30 +22,21 @@ def raw_server() -> Iterator[tuple[str, list[bytes], list[bytes]]]:
     """A one-shot-per-connection TCP server answering with the queued raw responses; records requests."""
     answers: list[bytes] = []
     seen: list[bytes] = []
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                seen.append(data)
-                if answers:
-                    conn.sendall(answers.pop(0))
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            seen.append(data)
+            if answers:
+                conn.sendall(answers.pop(0))
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}", answers, seen
-    listener.close()
+    with tcp_server(answer) as port:
+        yield f"http://127.0.0.1:{port}", answers, seen
 
 
 def fetch(url: str, part: Path, resume: int = 0, headers: dict[str, str] | None = None) -> Any:
@@ -184,9 +176,9 @@ def test_a_resume_the_server_answers_from_elsewhere_starts_the_file_again(raw_se
 def keepalive_server() -> Iterator[tuple[str, dict[str, int]]]:
     """An HTTP/1.1 server that answers every request on a connection with ``hello`` and keeps it open."""
     counts = {"connections": 0, "requests": 0}
-    listener = socket.create_server(("127.0.0.1", 0))
 
     def one(conn: socket.socket) -> None:
+        counts["connections"] += 1
         with conn:
             data = b""
             while True:
@@ -199,18 +191,8 @@ def keepalive_server() -> Iterator[tuple[str, dict[str, int]]]:
                 counts["requests"] += 1
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            counts["connections"] += 1
-            threading.Thread(target=one, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}", counts
-    listener.close()
+    with tcp_server(one, threaded=True) as port:
+        yield f"http://127.0.0.1:{port}", counts
     bulk_get.POOL.clear()
 
 
