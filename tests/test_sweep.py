@@ -406,7 +406,9 @@ def test_a_sweep_on_a_real_terminal_draws_one_line_per_run_and_an_overall_line(
 def test_a_host_that_goes_away_and_comes_back_gets_work_again(tmp_path: Path, fleet: dict[str, Any]) -> None:
     import threading
 
-    path = write_sweep(tmp_path, fleet, servers=("fast", "slow"))
+    # 12 runs, so that work is still waiting when the slow host is back (with 8 on a loaded machine the fast
+    # host had sometimes been given all the rest during the downtime, and the test had nothing to see)
+    path = write_sweep(tmp_path, fleet, grid="lr = [1e-4, 2e-4, 4e-4]\ndim = [16, 32]", servers=("fast", "slow"))
     sweep_dir = tmp_path / "out"
     proc = start_lorawf("sweep", str(path), "--out", str(sweep_dir), "--json", tmp=tmp_path)
 
