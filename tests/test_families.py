@@ -84,7 +84,7 @@ def test_the_sdxl_upstream_example_patches_to_the_exact_plan() -> None:
     schemas = bundled_schemas()
     template = sdxl_example_as_template()
     assert find_roles(template, schemas).family is FAMILIES["sdxl"]
-    result = patch_workflow(template, plan_training(43), PatchOptions(token="inkwash"), schemas)
+    result = patch_workflow(template, plan_training(43, model="sdxl"), PatchOptions(token="inkwash"), schemas)
     out = result.workflow
     assert training_steps(out, schemas)[1] == [250] * 6 + [220]  # 1720 steps, a checkpoint every 250 and at the end
     (init,) = [node for node in out.values() if node["class_type"] == "InitSDXLLoRATraining"]
@@ -116,6 +116,6 @@ def test_the_contact_sheet_reads_an_sdxl_runs_prompts() -> None:
     from lorawf.training.plan import plan_training
     from lorawf.workflow.patch import PatchOptions, patch_workflow
 
-    out = patch_workflow(sdxl_example_as_template(), plan_training(43), PatchOptions(token="inkwash"),
+    out = patch_workflow(sdxl_example_as_template(), plan_training(43, model="sdxl"), PatchOptions(token="inkwash"),
                          bundled_schemas()).workflow
     assert prompts_from_workflow(out) == ["inkwash, a misty valley", "inkwash, a heron"]

@@ -11,13 +11,22 @@ from lorawf.comfy.schema import bundled_schemas, load_object_info_file, parse_ob
 from lorawf.errors import InputError
 
 
+NATIVE_TRAINING = {"TrainLoraNode", "SaveLoRANode", "LoraModelLoader", "LoadImageTextSetFromFolderNode", "LossGraphNode"}
+CORE_SAMPLING = {"CheckpointLoaderSimple", "UNETLoader", "DualCLIPLoader", "TripleCLIPLoader", "VAELoader",
+                 "VAEEncode", "VAEDecode", "CLIPTextEncode", "KSampler", "EmptyLatentImage", "EmptySD3LatentImage",
+                 "FluxGuidance", "ModelSamplingSD3"}
+
+
 def test_bundled_snapshot_has_every_fluxtrainer_node_and_the_core_subset() -> None:
     schemas = bundled_schemas()
-    assert len([c for c in schemas if c not in {"PrimitiveString", "PrimitiveStringMultiline", "PrimitiveInt",
-                                                "PrimitiveFloat", "StringReplace", "StringConcatenate",
-                                                "SaveImage", "PreviewImage", "LoadImage", "EmptyImage",
-                                                "ImageInvert", "PreviewAny", "AcceptSlowSteps",
-                                                "AcceptSaveText", "AcceptFail"}]) == 32
+    core = {"PrimitiveString", "PrimitiveStringMultiline", "PrimitiveInt", "PrimitiveFloat", "StringReplace",
+            "StringConcatenate", "SaveImage", "PreviewImage", "LoadImage", "EmptyImage", "ImageInvert", "PreviewAny",
+            "AcceptSlowSteps", "AcceptSaveText", "AcceptFail"}
+    assert len([c for c in schemas if c not in core | NATIVE_TRAINING | CORE_SAMPLING]) == 32
+    assert NATIVE_TRAINING | CORE_SAMPLING <= set(schemas)  # the native trainer's nodes (lorawf/data/object_info/native.json)
+    train = schemas["TrainLoraNode"]
+    assert train.inputs["rank"].maximum == 128 and train.inputs["existing_lora"].choices == ("[None]",)
+    assert train.output_names == ("model_with_lora", "lora", "loss", "steps")
     init = schemas["InitFluxLoRATraining"]
     assert init.inputs["max_train_steps"].minimum == 1 and init.inputs["max_train_steps"].maximum == 100000
     assert init.inputs["cache_latents"].choices == ("disk", "memory", "disabled")  # legacy combo list

@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from lorawf.cli.options import ServerOptions, overrides_from, plan_options, schema_options, schemas_from
+from lorawf.cli.options import (
+    ServerOptions,
+    overrides_from,
+    plan_options,
+    schema_options,
+    schemas_from,
+    trainer_option,
+)
 from lorawf.cli.output import say
 from lorawf.errors import DriftFound, UsageError
 
@@ -40,13 +47,15 @@ def resolve_images(dataset: Path | None, images: int | None) -> tuple[int, str |
 @click.command("plan")
 @click.argument("dataset", required=False, type=DATASET_PATH)
 @plan_options
+@trainer_option
 @click.option("--json", "as_json", is_flag=True, help="Print one machine-readable JSON object.")
-def plan_command(dataset: Path | None, images: int | None, as_json: bool, **kwargs: Any) -> None:
+def plan_command(dataset: Path | None, images: int | None, model: str | None, trainer: str, as_json: bool,
+                 **kwargs: Any) -> None:
     """Plan hyperparameters for a DATASET folder (or --images N)."""
     from lorawf.training.plan import format_plan, plan_training
 
     count, summary = resolve_images(dataset, images)
-    plan = plan_training(count, overrides_from(kwargs))
+    plan = plan_training(count, overrides_from(kwargs), model=model or "flux", trainer=trainer)
     if as_json:
         click.echo(json.dumps(plan.to_dict(), indent=2))
         return
@@ -106,7 +115,7 @@ def _echo_patch_notes(built: BuiltWorkflow) -> None:
 @click.option("-o", "--output", default="-", show_default=True, help="Output file, or - for stdout.")
 @schema_options
 def patch_command(
-    dataset: Path | None, token: str, images: int | None, template: Path | None,
+    dataset: Path | None, token: str, images: int | None, model: str | None, template: Path | None,
     server_dataset_path: str | None, checkpoint_dir: str | None, output_name: str | None,
     sets: tuple[str, ...], emit_patch: Path | None, output: str, server: ServerOptions,
     object_info: Path | None, refresh_schemas: bool, **kwargs: Any,
@@ -124,7 +133,7 @@ def patch_command(
         server_dataset_path = str(dataset.resolve()) if images is None else str(dataset)
     options = PatchOptions(token, server_dataset_path, checkpoint_dir, output_name, sets)
     schemas = schemas_from(server, object_info, refresh_schemas, over_bundled=True)
-    built = build_workflow(count, options, overrides_from(kwargs), template, schemas)
+    built = build_workflow(count, options, overrides_from(kwargs), template, schemas, model=model)
     if summary:
         say(summary, err=True)
     _echo_plan_summary(built.plan)
@@ -165,7 +174,8 @@ def regen_command(presets: Path, check: bool, object_info: Path | None) -> None:
             tuple(v.get("set", ())),
         )
         try:
-            built = build_workflow(int(v["images"]), options, overrides, preset.template, schemas)
+            built = build_workflow(int(v["images"]), options, overrides, preset.template, schemas,
+                                   model=v.get("model"))
         except Exception as exc:  # re-raise with the preset's name so CI logs say which one broke
             from lorawf.errors import LorawfError
 

@@ -135,12 +135,28 @@ def follow_from(*, wait: bool = True, download: Path | None = None, timeout: flo
     return FollowOptions(wait=wait, download=download, timeout=timeout, previews=previews)
 
 
+#: ``--model`` and ``--trainer`` choices (training/families.py says the same; tests/test_families.py checks).
+MODEL_CHOICES = ("flux", "sdxl", "sd35")
+TRAINER_CHOICES = ("fluxtrainer", "native")
+
+
 def plan_options(func: F) -> F:
-    """The planning overrides shared by plan, patch and run (``--images`` and :data:`OVERRIDE_NAMES`)."""
+    """The planning options shared by plan, patch and run: ``--model``, ``--images`` and :data:`OVERRIDE_NAMES`."""
     for spec in reversed(OVERRIDE_NAMES):
         func = click.option(spec.flag, spec.field, type=spec.type, help=spec.help)(func)
-    return click.option("--images", type=int,
+    func = click.option("--images", type=int,
                         help="Image count, when the dataset exists only on the GPU host.")(func)
+    return click.option("--model", "model", type=click.Choice(MODEL_CHOICES),
+                        help="Base-model family: Flux.1, SDXL or SD 3.5; picks the bundled template "
+                             "(default: flux, or the family a --template trains).")(func)
+
+
+def trainer_option(func: F) -> F:
+    """``--trainer``: FluxTrainer's nodes, or ComfyUI's own training nodes (plan and run)."""
+    return click.option("--trainer", "trainer", type=click.Choice(TRAINER_CHOICES), default="fluxtrainer",
+                        show_default=True,
+                        help="FluxTrainer's node pack, or ComfyUI's native training nodes (no custom nodes; one "
+                             "prompt per checkpoint).")(func)
 
 
 def overrides_from(kwargs: dict[str, Any]) -> PlanOverrides:

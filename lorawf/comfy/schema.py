@@ -17,7 +17,7 @@ from typing import Any
 from lorawf.errors import InputError
 
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
-BUNDLED_FILES = ("fluxtrainer.json", "core-subset.json")
+BUNDLED_FILES = ("fluxtrainer.json", "core-subset.json", "native.json")
 
 
 @dataclass(frozen=True)

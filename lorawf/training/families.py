@@ -38,6 +38,13 @@ class ModelFamily:
     default_output_name: str  # the Init node's own defaults
     default_output_dir: str
     validation_size: int = 1024  # the validation settings node's default width and height
+    save_dtype: str = "bf16"  # the bundled template's Init.save_dtype (part of every file name)
+    template_validation: str = "1024 x 1024"  # what the bundled template's validation settings render
+
+    def file_name(self, output_name: str, dim: int, step: int | None = None) -> str:
+        """kohya's name for a checkpoint (``step``) or the final file of ``output_name`` trained at ``dim``."""
+        stem = f"{output_name}_rank{dim}_{self.save_dtype}"
+        return f"{stem}-step{step:05d}.safetensors" if step is not None else f"{stem}.safetensors"
 
 
 FLUX = ModelFamily(
@@ -46,6 +53,7 @@ FLUX = ModelFamily(
     init_class="InitFluxLoRATraining", validate_class="FluxTrainValidate",
     validation_settings_class="FluxTrainValidationSettings", prompt_inputs=("sample_prompts",),
     default_output_name="flux_lora", default_output_dir="flux_trainer_output", validation_size=512,
+    template_validation="512 x 512, 20 steps, guidance 3.5",
 )
 SDXL = ModelFamily(
     name="sdxl", title="SDXL", models_class="SDXLModelSelect", models_output="TRAIN_SDXL_MODELS",
@@ -53,7 +61,8 @@ SDXL = ModelFamily(
     init_class="InitSDXLLoRATraining", validate_class="SDXLTrainValidate",
     validation_settings_class="SDXLTrainValidationSettings",
     prompt_inputs=("sample_prompts_pos", "sample_prompts_neg"),
-    default_output_name="SDXL_lora", default_output_dir="SDXL_trainer_output",
+    default_output_name="SDXL_lora", default_output_dir="SDXL_trainer_output", save_dtype="fp16",
+    template_validation="1024 x 1024, 25 steps, guidance 7, euler_a, with a negative prompt",
 )
 SD35 = ModelFamily(
     name="sd35", title="SD 3.5", models_class="SD3ModelSelect", models_output="TRAIN_SD3_MODELS",
@@ -61,10 +70,17 @@ SD35 = ModelFamily(
     init_class="InitSD3LoRATraining", validate_class="FluxTrainValidate",
     validation_settings_class="SD3TrainValidationSettings", prompt_inputs=("sample_prompts",),
     default_output_name="sd35_lora", default_output_dir="sd35_trainer_output",
+    template_validation="1024 x 1024, 28 steps, guidance 4.5",
 )
 
 FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (FLUX, SDXL, SD35)}
 DEFAULT_FAMILY = FLUX.name
+
+#: The training backends: kijai's FluxTrainer node pack, or ComfyUI's own training nodes (comfy_extras/nodes_train).
+FLUXTRAINER = "fluxtrainer"
+NATIVE = "native"
+TRAINERS = (FLUXTRAINER, NATIVE)
+DEFAULT_TRAINER = FLUXTRAINER
 
 
 def family(name: str) -> ModelFamily:

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lorawf.errors import DatasetError, OverrideError
+from lorawf.training import native
+from lorawf.training.families import DEFAULT_FAMILY, DEFAULT_TRAINER, NATIVE, TRAINERS, family
 from lorawf.training.overrides import OVERRIDE_NAMES, override_flag
 
 STEPS_PER_IMAGE = 40
@@ -89,6 +91,8 @@ class TrainingPlan:
     checkpoint_steps: tuple[int, ...]
     clamped: str | None = None  # "min" or "max" when the step count hit a bound
     advice: tuple[Advice, ...] = field(default_factory=tuple)
+    model: str = DEFAULT_FAMILY  # the base-model family (training/families.py)
+    trainer: str = DEFAULT_TRAINER  # "fluxtrainer" (the node pack) or "native" (ComfyUI's TrainLoraNode)
 
     @property
     def loop_steps(self) -> tuple[int, ...]:
@@ -216,16 +220,40 @@ def validate_overrides(o: PlanOverrides, *, label: Label = override_flag) -> Non
                                 "give only one")
 
 
-def plan_training(images: int, overrides: PlanOverrides | None = None, *,
-                  label: Label = override_flag) -> TrainingPlan:
-    """Plan a style-LoRA run for ``images`` training images (times ``num_repeats``); ``label`` as in
-    :func:`validate_overrides`."""
+def validate_native_overrides(o: PlanOverrides, *, label: Label = override_flag) -> None:
+    """What ComfyUI's TrainLoraNode cannot do that FluxTrainer can (training/native.py)."""
+    if o.network_alpha is not None:
+        raise OverrideError(f"{label('network_alpha')}: the native trainer has no alpha (TrainLoraNode creates a "
+                            f"LoRA with alpha {native.ALPHA:g}); drop it, or use --trainer fluxtrainer")
+    if o.num_repeats not in (None, 1):
+        raise OverrideError(f"{label('num_repeats')} {o.num_repeats}: the native trainer draws every batch from the "
+                            "whole set, so repeats change nothing; drop it (or raise --steps)")
+    for name, (lo, hi) in native.LIMITS.items():
+        value = getattr(o, name)
+        if value is not None and not lo <= value <= hi:
+            raise OverrideError(f"{label(name)} {value:g} is out of range: ComfyUI's TrainLoraNode accepts "
+                                f"{lo:g}..{hi:g}")
+
+
+def plan_training(images: int, overrides: PlanOverrides | None = None, *, label: Label = override_flag,
+                  model: str = DEFAULT_FAMILY, trainer: str = DEFAULT_TRAINER) -> TrainingPlan:
+    """Plan a style-LoRA run for ``images`` training images (times ``num_repeats``) of base-model family ``model``
+    with ``trainer``; ``label`` as in :func:`validate_overrides`. The rules are the same for every family and
+    trainer; only what a trainer cannot do differs (training/native.py)."""
     o = overrides or PlanOverrides()
+    try:
+        family(model)
+    except ValueError as exc:
+        raise OverrideError(f"--model {model!r}: {exc}") from None
+    if trainer not in TRAINERS:
+        raise OverrideError(f"--trainer {trainer!r}: choose one of {', '.join(TRAINERS)}")
     if isinstance(images, bool) or not isinstance(images, int) or images < 0:
         raise DatasetError(f"image count {images!r}: expected a whole number >= 0")
     if images == 0:
         raise DatasetError("the dataset has 0 training images: nothing to train on (add .png/.jpg/.webp images)")
     validate_overrides(o, label=label)
+    if trainer == NATIVE:
+        validate_native_overrides(o, label=label)
 
     repeats = o.num_repeats or NUM_REPEATS
     batch = o.batch_size or BATCH_SIZE
@@ -247,6 +275,8 @@ def plan_training(images: int, overrides: PlanOverrides | None = None, *,
         )
     dim = o.network_dim or NETWORK_DIM
     alpha = float(o.network_alpha) if o.network_alpha is not None else float(dim)
+    if trainer == NATIVE:
+        alpha = native.ALPHA
 
     advice = list(dataset_advice(images))
     if clamped == "max":
@@ -272,13 +302,15 @@ def plan_training(images: int, overrides: PlanOverrides | None = None, *,
         network_dim=dim,
         network_alpha=alpha,
         batch_size=batch,
-        lr_scheduler=LR_SCHEDULER,
-        optimizer=OPTIMIZER,
-        gradient_dtype=GRADIENT_DTYPE,
+        lr_scheduler=native.LR_SCHEDULER if trainer == NATIVE else LR_SCHEDULER,
+        optimizer=native.OPTIMIZER if trainer == NATIVE else OPTIMIZER,
+        gradient_dtype=native.TRAINING_DTYPE if trainer == NATIVE else GRADIENT_DTYPE,
         checkpoint_interval=interval,
         checkpoint_steps=schedule,
         clamped=clamped,
         advice=tuple(advice),
+        model=model,
+        trainer=trainer,
     )
 
 
@@ -304,9 +336,46 @@ def format_plan(plan: TrainingPlan) -> str:
         ("checkpoint every", f"{plan.checkpoint_interval} steps ({len(sched)} checkpoints)"),
         ("checkpoints at", shown),
     ]
+    rows[:0] = model_rows(plan)
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    lines.extend(f"note: {text}" for text in trainer_notes(plan))
     for a in plan.advice:
         label = {"strong": "WARNING", "warning": "warning", "info": "note"}[a.severity]
         lines.append(f"{label}: {a.message}")
     return "\n".join(lines)
+
+
+def model_rows(plan: TrainingPlan) -> list[tuple[str, str]]:
+    """The first rows of ``lorawf plan``: which family and trainer, and what that means for this run."""
+    fam = family(plan.model)
+    last, first = plan.checkpoint_steps[-1], plan.checkpoint_steps[0]
+    if plan.trainer == NATIVE:
+        # SaveLoRANode: <prefix>_<steps>_steps_<counter>_.safetensors (comfy_extras/nodes_train.py)
+        return [
+            ("model", f"{fam.title}"),
+            ("trainer", f"ComfyUI native (TrainLoraNode), one prompt per checkpoint ({len(plan.checkpoint_steps)})"),
+            ("resolution", "1024 x 1024, every image stretched to it (the native loader has no buckets)"),
+            ("files", f"<name>_{first}_steps_<n>_.safetensors ... <name>_{last}_steps_<n>_.safetensors, "
+                      "a loss graph per checkpoint"),
+        ]
+    return [
+        ("model", f"{fam.title} ({fam.models_class} -> {fam.init_class})"),
+        ("trainer", "FluxTrainer"),
+        ("resolution", "1024 buckets (256..1024)"),
+        ("validation", f"{fam.template_validation} ({fam.validate_class})"),
+        ("files", f"{fam.file_name('<name>', plan.network_dim, first)} ... "
+                  f"{fam.file_name('<name>', plan.network_dim)}"),
+    ]
+
+
+def trainer_notes(plan: TrainingPlan) -> list[str]:
+    """What the trainer cannot do that the plan would otherwise do, said once in ``lorawf plan``."""
+    if plan.trainer != NATIVE:
+        return []
+    return [
+        f"TrainLoraNode has no alpha input: the LoRA trains at alpha {native.ALPHA:g} (scale 1/{plan.network_dim}), "
+        "not dim/alpha 16/16",
+        "TrainLoraNode has no scheduler or 8-bit optimizer: AdamW at a constant learning rate",
+        "ComfyUI 0.3.64 reports no training progress over the websocket: lorawf counts finished checkpoints",
+    ]

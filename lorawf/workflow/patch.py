@@ -205,6 +205,16 @@ def _linked_source(workflow: Workflow, node_id: str, input_name: str) -> str | N
 # --------------------------------------------------------------------------- roles
 
 
+def template_family(workflow: Workflow) -> ModelFamily | None:
+    """The family a template trains, told by its (first) training initialiser; None when it has none."""
+    if isinstance(workflow, dict):
+        for node in workflow.values():
+            found = INIT_FAMILIES.get(node.get("class_type")) if isinstance(node, dict) else None
+            if found is not None:
+                return found
+    return None
+
+
 def find_roles(workflow: Workflow, schemas: SchemaSet) -> Roles:
     """Locate every role the patcher needs; a role with no node, or several where one is expected, is an error."""
     _check_shape(workflow)
@@ -643,6 +653,11 @@ def patch_workflow(
     notes = expand_train_and_validate(target)
     roles = find_roles(target, schemas)
     init = roles.init
+    if roles.family.name != plan.model:
+        raise TemplateError(
+            f"{_label(target, init)}: the template trains {roles.family.title} but the plan is for "
+            f"{FAMILIES[plan.model].title}: pass --model {roles.family.name}, or a template that trains "
+            f"{FAMILIES[plan.model].title}")
     if not any(target[n]["class_type"] in VALIDATE_CLASSES for n in roles.blocks[0].chain):
         notes.append(f"the template has no {roles.family.validate_class} in its training block: the run writes no "
                      "validation images, and the contact sheet has no columns")
