@@ -14,7 +14,7 @@ from lorawf.errors import InputError
 NATIVE_TRAINING = {"TrainLoraNode", "SaveLoRANode", "LoraModelLoader", "LoadImageTextSetFromFolderNode", "LossGraphNode"}
 CORE_SAMPLING = {"CheckpointLoaderSimple", "UNETLoader", "DualCLIPLoader", "TripleCLIPLoader", "VAELoader",
                  "VAEEncode", "VAEDecode", "CLIPTextEncode", "KSampler", "EmptyLatentImage", "EmptySD3LatentImage",
-                 "FluxGuidance", "ModelSamplingSD3"}
+                 "FluxGuidance", "ModelSamplingSD3", "ImageBatch"}
 
 
 def test_bundled_snapshot_has_every_fluxtrainer_node_and_the_core_subset() -> None:

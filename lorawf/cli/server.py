@@ -22,6 +22,7 @@ from lorawf.cli.options import (
     plan_options,
     server_options,
     timeout_option,
+    trainer_option,
 )
 from lorawf.cli.output import say
 from lorawf.errors import UsageError
@@ -134,6 +135,7 @@ def cancel_cmd(prompt_id: str, server: ServerOptions, json_mode: bool) -> None:
 @click.argument("dataset", required=False, type=click.Path(readable=False, path_type=Path))
 @click.option("--token", required=True, help="Trigger token that replaces STYLE_TOKEN (class_tokens, prompts).")
 @plan_options
+@trainer_option
 @click.option("--upload", is_flag=True, help="Upload the dataset's images and captions to the server first.")
 @click.option("--upload-jobs", type=click.IntRange(1, MAX_UPLOAD_JOBS), default=DEFAULT_UPLOAD_JOBS,
               show_default=True, metavar="N",
@@ -160,7 +162,8 @@ def cancel_cmd(prompt_id: str, server: ServerOptions, json_mode: bool) -> None:
 @click.option("--json", "json_mode", is_flag=True, help="NDJSON events (schema lorawf.event/1).")
 @timeout_option
 @click.option("--verbose", "-v", is_flag=True, help="Show server tracebacks of failed nodes.")
-def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, upload_jobs: int,
+def run_cmd(dataset: Path | None, token: str, images: int | None, model: str | None, trainer: str, upload: bool,
+            upload_jobs: int,
             server_dataset_path: str | None,
             server_input_dir: str | None, server_output_dir: str | None, template: Path | None,
             sets: tuple[str, ...], download_root: Path, download_as_you_go: bool, auto_continue: int, resumable: bool,
@@ -183,12 +186,20 @@ def run_cmd(dataset: Path | None, token: str, images: int | None, upload: bool, 
         token=token, dataset=dataset, images=images, overrides=overrides_from(kwargs), template=template,
         sets=sets, upload=upload, server_dataset_path=server_dataset_path, server_input_dir=server_input_dir,
         server_output_dir=server_output_dir, download_root=download_root, download_as_you_go=download_as_you_go,
-        preflight=not no_preflight, name=name, resumable=resumable, upload_jobs=upload_jobs,
+        preflight=not no_preflight, name=name, resumable=resumable, upload_jobs=upload_jobs, model=model,
+        trainer=trainer,
     )
+    if trainer == "native" and auto_continue:
+        raise UsageError("--auto-continue with --trainer native: continuing a native run is not built yet; "
+                         "drop --auto-continue")
     console = make_console(json_mode, settings.secrets, verbose)
     try:
         follow = follow_from(timeout=timeout)
-        if auto_continue:
+        if trainer == "native":
+            from lorawf.runs.native import run_native
+
+            run_dir = run_async(lambda: run_native(settings, request, console, follow))
+        elif auto_continue:
             from lorawf.runs.continuing import auto_continue as auto
 
             run_dir = run_async(lambda: auto(settings, console, follow, auto_continue,

@@ -55,6 +55,8 @@ class RunRequest:
     preflight: bool = True
     name: str | None = None
     resumable: bool = False  # save the training state with every checkpoint (lorawf continue --mode exact)
+    model: str | None = None  # --model: the base-model family (None: flux, or the family --template trains)
+    trainer: str = "fluxtrainer"  # "native": run by lorawf/runs/native.py, not by this module
 
 
 def local_target(run_dir: Path, ref: OutputFile, role: str, step_offset: int = 0) -> Path:
@@ -213,7 +215,7 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
         check_run_name(request.name)
     placeholder = request.name or unique_run_name(request.token, images, created, lambda n: False)
     build_workflow(images, _patch_options(request, "/dataset", "/output", placeholder), request.overrides,
-                   request.template)  # token, overrides, --set and template problems surface here
+                   request.template, model=request.model)  # token, overrides, --set and template problems surface here
     if scan is not None:
         reporter(Notice(None, scan.summary()))
 
@@ -238,7 +240,8 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
         server_schemas = await load_server_schemas(client, system_stats=stats) if request.preflight else None
         built = build_workflow(images, _patch_options(request, dataset_path, folders.output_dir, name),
                                request.overrides, request.template,
-                               bundled_schemas().merged(server_schemas) if server_schemas is not None else None)
+                               bundled_schemas().merged(server_schemas) if server_schemas is not None else None,
+                               model=request.model)
         reporter(Notice(None, f"plan: {built.plan.max_train_steps} steps, checkpoints at "
                               f"{', '.join(map(str, built.plan.checkpoint_steps))}"))
         for advice in built.plan.advice:

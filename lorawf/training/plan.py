@@ -356,16 +356,16 @@ def model_rows(plan: TrainingPlan) -> list[tuple[str, str]]:
             ("model", f"{fam.title}"),
             ("trainer", f"ComfyUI native (TrainLoraNode), one prompt per checkpoint ({len(plan.checkpoint_steps)})"),
             ("resolution", "1024 x 1024, every image stretched to it (the native loader has no buckets)"),
-            ("files", f"<name>_{first}_steps_<n>_.safetensors ... <name>_{last}_steps_<n>_.safetensors, "
-                      "a loss graph per checkpoint"),
+            ("files", (f"<name>_{first}_steps_<n>_.safetensors ... <name>_{last}_steps_<n>_.safetensors, "
+                      "a loss graph per checkpoint")),
         ]
     return [
         ("model", f"{fam.title} ({fam.models_class} -> {fam.init_class})"),
         ("trainer", "FluxTrainer"),
         ("resolution", "1024 buckets (256..1024)"),
         ("validation", f"{fam.template_validation} ({fam.validate_class})"),
-        ("files", f"{fam.file_name('<name>', plan.network_dim, first)} ... "
-                  f"{fam.file_name('<name>', plan.network_dim)}"),
+        ("files", (f"{fam.file_name('<name>', plan.network_dim, first)} ... "
+                  f"{fam.file_name('<name>', plan.network_dim)}")),
     ]
 
 
@@ -374,8 +374,8 @@ def trainer_notes(plan: TrainingPlan) -> list[str]:
     if plan.trainer != NATIVE:
         return []
     return [
-        f"TrainLoraNode has no alpha input: the LoRA trains at alpha {native.ALPHA:g} (scale 1/{plan.network_dim}), "
-        "not dim/alpha 16/16",
+        (f"TrainLoraNode has no alpha input: the LoRA trains at alpha {native.ALPHA:g} (scale 1/{plan.network_dim}), "
+        "not dim/alpha 16/16"),
         "TrainLoraNode has no scheduler or 8-bit optimizer: AdamW at a constant learning rate",
         "ComfyUI 0.3.64 reports no training progress over the websocket: lorawf counts finished checkpoints",
     ]

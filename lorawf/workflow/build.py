@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lorawf.comfy.schema import SchemaSet, bundled_schemas
+from lorawf.training.families import DEFAULT_FAMILY
 from lorawf.training.plan import PlanOverrides, TrainingPlan, plan_training
 from lorawf.workflow.io import dumps_workflow, load_workflow
-from lorawf.training.families import DEFAULT_FAMILY
 from lorawf.workflow.patch import PatchOptions, PatchResult, patch_workflow, template_family
 from lorawf.workflow.templates import bundled_template_path
 

@@ -209,7 +209,7 @@ def template_family(workflow: Workflow) -> ModelFamily | None:
     """The family a template trains, told by its (first) training initialiser; None when it has none."""
     if isinstance(workflow, dict):
         for node in workflow.values():
-            found = INIT_FAMILIES.get(node.get("class_type")) if isinstance(node, dict) else None
+            found = INIT_FAMILIES.get(str(node.get("class_type"))) if isinstance(node, dict) else None
             if found is not None:
                 return found
     return None
