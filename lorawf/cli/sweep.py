@@ -44,9 +44,24 @@ def sweep_group() -> None:
 
 
 def _load(path: Path) -> SweepSpec:
-    from lorawf.training.sweep import load_sweep
+    """The sweep file, with ``model`` turned into its bundled template (or checked against ``template``)."""
+    from dataclasses import replace
 
-    return load_sweep(path)
+    from lorawf.errors import InputError
+    from lorawf.training.sweep import load_sweep
+    from lorawf.workflow.build import load_template
+    from lorawf.workflow.patch import template_family
+    from lorawf.workflow.templates import bundled_template_path
+
+    spec = load_sweep(path)
+    if spec.model is not None and spec.template is None:
+        return replace(spec, template=bundled_template_path(spec.model))
+    if spec.model is not None and spec.template is not None:
+        found = template_family(load_template(spec.template)[1])
+        if found is not None and found.name != spec.model:
+            raise InputError(f"{path}: model: {spec.model!r}, but template {spec.template} trains {found.title} "
+                             f"(model = {found.name!r}); drop one of the two")
+    return spec
 
 
 def _console(json_mode: bool, verbose: bool, secrets: Any = None) -> Any:
@@ -128,7 +143,8 @@ def plan_cmd(sweep_file: Path, offline: bool, as_json: bool) -> None:
 
     spec = _load(sweep_file)
     checks: list[FleetCheck] = [] if offline or not spec.servers else run_async(lambda: sweep.check_fleet(spec))
-    plans = {run.name: plan_training(run.dataset.images, run.plan_overrides()) for run in spec.runs}
+    model = spec.model or "flux"
+    plans = {run.name: plan_training(run.dataset.images, run.plan_overrides(), model=model) for run in spec.runs}
     if as_json:
         click.echo(json.dumps({
             "schema": "lorawf.sweep_plan/1", "name": spec.name, "source": str(spec.source),

@@ -22,6 +22,7 @@ from lorawf.errors import InputError, OverrideError
 from lorawf.fsutil import read_text
 from lorawf.printable import printable
 from lorawf.safepaths import file_stem
+from lorawf.training.families import FAMILIES
 from lorawf.training.naming import MAX_RUN_NAME, check_run_name
 from lorawf.training.overrides import OVERRIDE_NAMES
 from lorawf.training.plan import PlanOverrides, overrides_from_names, plan_training, validate_overrides
@@ -34,7 +35,7 @@ _TYPES = {o.name: o.type for o in OVERRIDE_NAMES}
 _FIELDS = {o.name: o.field for o in OVERRIDE_NAMES}
 #: Short name parts for keys whose own name is long.
 _NAME_PART = {"steps_per_image": "spi"}
-_TOP_KEYS = ("name", "template", "set", "dataset", "grid", "run", "server")
+_TOP_KEYS = ("name", "model", "template", "set", "dataset", "grid", "run", "server")
 _DATASET_KEYS = ("folder", "token", "name", "set", *OVERRIDE_KEYS)
 _GRID_KEYS = (*OVERRIDE_KEYS, "set")
 _RUN_KEYS = ("dataset", "name", "set", *OVERRIDE_KEYS)
@@ -126,6 +127,7 @@ class SweepSpec:
     datasets: tuple[DatasetSpec, ...]
     runs: tuple[RunSpec, ...]
     servers: tuple[ServerSpec, ...]
+    model: str | None = None  # the base-model family of every run (None: flux, or what the template trains)
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -160,6 +162,10 @@ def parse_sweep(data: Mapping[str, Any], source: Path,
     except InputError as exc:
         where.fail("name", str(exc).partition(": ")[2] or str(exc))
     template = _path(data, "template", where, "template") if "template" in data else None
+    model = data.get("model")
+    if model is not None and model not in FAMILIES:
+        where.fail("model", f"{_show(model)} is not a model family; choose one of "
+                            f"{', '.join(repr(f) for f in FAMILIES)}")
     top_sets = _sets(data.get("set", []), where, "set")
     datasets = _datasets(data.get("dataset"), where, counter)
     if "grid" in data and "run" in data:
@@ -174,7 +180,7 @@ def parse_sweep(data: Mapping[str, Any], source: Path,
         where.fail("grid" if "grid" in data else "run", f"the file makes {len(combos)} runs; at most {MAX_RUNS}")
     runs = _name_runs(combos, top_sets, where, order)
     servers = _servers(data.get("server", []), where)
-    return SweepSpec(Path(source), name, template, tuple(datasets), tuple(runs), tuple(servers))
+    return SweepSpec(Path(source), name, template, tuple(datasets), tuple(runs), tuple(servers), model)
 
 
 class _Where:

@@ -19,9 +19,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PRESET_KEYS = {
-    "name", "output", "template", "images", "token", "server_dataset_path", "checkpoint_dir", "output_name",
-    "set", *(o.name for o in OVERRIDE_NAMES),
+    "name", "output", "template", "model", "images", "token", "server_dataset_path", "checkpoint_dir",
+    "output_name", "set", *(o.name for o in OVERRIDE_NAMES),
 }
+MODELS = ("flux", "sdxl", "sd35")  # training/families.py FAMILIES (tests/test_families.py checks they agree)
 TOP_LEVEL_KEYS = ("defaults", "preset")
 _TEXT_KEYS = {"name": True, "output": True, "template": True,  # key -> must not be empty
               "token": False, "server_dataset_path": False, "checkpoint_dir": False, "output_name": False}
@@ -69,7 +70,8 @@ def load_presets(path: Path) -> list[Preset]:
         template_path = (path.parent / str(template)).resolve() if template else None
         from lorawf.workflow.templates import bundled_template_path
 
-        presets.append(Preset(name, output, template_path or bundled_template_path(), merged))
+        presets.append(Preset(name, output, template_path or bundled_template_path(merged.get("model", "flux")),
+                              merged))
     return presets
 
 
@@ -119,6 +121,8 @@ def _value_problem(key: str, value: Any) -> str | None:
         if not isinstance(value, str):
             return "expected a string"
         return "expected a non-empty string" if _TEXT_KEYS[key] and not value.strip() else None
+    if key == "model":
+        return None if value in MODELS else f"expected one of {', '.join(repr(m) for m in MODELS)}"
     if key == "set":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             return 'expected a list of "NODE.input=VALUE" strings, e.g. set = ["106.steps=12"]'
