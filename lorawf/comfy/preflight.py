@@ -582,15 +582,19 @@ def raise_if_problems(workflow: Any, schemas: SchemaSet, source: str) -> None:
 SILENT_TYPES = frozenset({"undeclared_input", "loop_steps_mismatch", "loop_overshoot"})
 
 
-def gate(workflow: Any, schemas: SchemaSet, source: str) -> list[Problem]:
+def gate(workflow: Any, schemas: SchemaSet, source: str,
+         not_yet: frozenset[tuple[str, str]] = frozenset()) -> list[Problem]:
     """The check ``submit`` and ``run`` make before posting.
 
     Raises :class:`~lorawf.errors.PreflightRejected` (exit 4, nothing queued) naming every problem the
     server would reject; returns the problems it would let through silently, for the caller to warn about.
+    ``not_yet`` names (class_type, input) choices that do not exist yet and will before the prompt is posted
+    (a dataset folder that the upload creates): a value missing from their list is not a problem.
     """
     from lorawf.errors import PreflightRejected
 
-    problems = preflight(workflow, schemas)
+    problems = [p for p in preflight(workflow, schemas)
+                if not (p.type == "value_not_in_list" and (p.class_type, p.input) in not_yet)]
     doomed = [p for p in problems if p.type not in SILENT_TYPES]
     if doomed:
         lines = render_lines(doomed, source)

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 TRAINING_NODES = ("TrainLoraNode", "SaveLoRANode", "LoraModelLoader", "LoadImageTextSetFromFolderNode",
                   "LossGraphNode")
 TEMPLATE = "native: ComfyUI's TrainLoraNode (built by lorawf, one prompt per checkpoint)"
+#: How the training progress came, said once in run.json (the first segment's note).
+PROGRESS_NOTES = {True: "native trainer; training progress from the server's websocket",
+                  False: "native trainer; training progress counted in segments (the server sends none)"}
 LOSS_NODE, VALIDATION_NODE = "22", "90"  # the segment graph's LossGraphNode and SaveImage (workflow/native.py)
 #: What a native segment's continuation means for the result, said in run.json.
 SEGMENT_NOTE = ("native: continues from the previous segment's LoRA file (existing_lora); the optimizer state "
@@ -121,15 +124,23 @@ def check_server(schemas: SchemaSet, folder_paths: dict[str, Any] | None, folder
                               "extra_model_paths.yaml")
 
 
-async def listed_loras(client: ComfyClient) -> tuple[list[str], SchemaSet]:
-    """TrainLoraNode's existing_lora list as the server gives it now (fresh: a new file was just written)."""
+async def fresh_schema(client: ComfyClient, class_type: str) -> SchemaSet:
+    """One node's schema as the server gives it now: its file and folder lists change during a run."""
     from lorawf.comfy.schema import parse_object_info
 
-    info = await client.get_object("/object_info/TrainLoraNode")
-    schemas = parse_object_info(info, source="GET /object_info/TrainLoraNode")
-    spec = schemas["TrainLoraNode"].inputs.get("existing_lora") if "TrainLoraNode" in schemas else None
+    info = await client.get_object(f"/object_info/{class_type}")
+    schemas = parse_object_info(info, source=f"GET /object_info/{class_type}")
+    if class_type not in schemas:
+        raise ProtocolError(f"GET /object_info/{class_type}: the server no longer lists the node")
+    return schemas
+
+
+async def listed_choices(client: ComfyClient, class_type: str, input_name: str) -> tuple[list[str], SchemaSet]:
+    """The choices of one list input, fresh, with the schema they came in."""
+    schemas = await fresh_schema(client, class_type)
+    spec = schemas[class_type].inputs.get(input_name)
     if spec is None or spec.choices is None:
-        raise ProtocolError("GET /object_info/TrainLoraNode: no existing_lora list")
+        raise ProtocolError(f"GET /object_info/{class_type}: no {input_name} list")
     return [str(c) for c in spec.choices], schemas
 
 
@@ -224,7 +235,7 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
         version = str((stats.get("system") or {}).get("comfyui_version") or "unknown")
         server_schemas = await load_server_schemas(client, system_stats=stats)
         schemas = bundled_schemas().merged(server_schemas)
-        check_server(schemas, folder_paths, folders)
+        check_server(server_schemas, folder_paths, folders)  # its own nodes: the bundled snapshot has them all
 
         name = request.name or unique_run_name(token, images, created,
                                                lambda n: (request.download_root / n).exists())
@@ -263,6 +274,11 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
                 report = await upload_dataset(client, files, folder, reporter, jobs=request.upload_jobs)
                 reporter(Notice(None, f"dataset on the server: input/{folder} ({len(report.sent)} sent, "
                                       f"{len(report.skipped)} already there)"))
+                folders_listed, fresh = await listed_choices(client, "LoadImageTextSetFromFolderNode", "folder")
+                if folder not in folders_listed:
+                    raise ProtocolError(f"the dataset was uploaded to input/{folder}, but the server does not list "
+                                        "that folder for LoadImageTextSetFromFolderNode")
+                schemas = schemas.merged(fresh)
             # 5. the segments
             done = await _segments(client, run, plan, schemas, request.sets, tracked, reporter, options)
         except (LorawfError, asyncio.CancelledError) as exc:
@@ -278,15 +294,12 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
 
 async def _gate(workflow: dict[str, Any], schemas: SchemaSet, path: Path, reporter: Reporter, *,
                 skip_folder: bool = False) -> None:
-    """The preflight of one segment; the dataset folder is not asked for before it is uploaded."""
+    """The preflight of one segment; the dataset folder is not asked for before the upload creates it (the
+    server's own check of the posted prompt covers it then)."""
     from lorawf.comfy.preflight import gate
 
-    checked = workflow
-    if skip_folder:  # the upload creates it; the server's own check of the real prompt then covers it
-        checked = {k: v for k, v in workflow.items() if v["class_type"] != "LoadImageTextSetFromFolderNode"}
-        checked = {k: {**v, "inputs": {i: x for i, x in v["inputs"].items() if not (isinstance(x, list)
-                   and x and x[0] not in checked)}} for k, v in checked.items()}
-    for problem in gate(checked, schemas, str(path)):
+    not_yet = frozenset({("LoadImageTextSetFromFolderNode", "folder")}) if skip_folder else frozenset()
+    for problem in gate(workflow, schemas, str(path), not_yet):
         reporter(Notice(None, problem.render(str(path)), warning=True))
 
 
@@ -322,6 +335,10 @@ class _Recorder:
             timings = replace(timings, submitted=utc_now())
         self.write(replace(self.record, prompt_id=prompt_id, segments=(*self.record.segments, seg),
                            timings=timings))
+
+    def note_first(self, note: str) -> None:
+        first, *rest = self.record.segments
+        self.write(replace(self.record, segments=(replace(first, note=note), *rest)))
 
     def end_segment(self, result: RunResult, outcome: str) -> None:
         from lorawf.timefmt import from_epoch_ms, utc_now
@@ -393,7 +410,7 @@ async def _segments(client: ComfyClient, run: NativeRun, plan: TrainingPlan, sch
         atomic_write_text(path, _dumps(workflow))
         if index:  # the new file is in the fresh loras list, not in the cached schemas
             apply_native_sets(workflow, schemas, sets)
-            _listed, fresh = await listed_loras(client)
+            _listed, fresh = await listed_choices(client, "TrainLoraNode", "existing_lora")
             await _gate(workflow, schemas.merged(fresh), path, reporter)
         reporter(Notice(None, f"segment {index + 1}/{count}: training steps {start + 1}-{end}"
                               + (f", continuing from {done.last_lora}" if done.last_lora else "")))
@@ -419,7 +436,8 @@ async def _segments(client: ComfyClient, run: NativeRun, plan: TrainingPlan, sch
             reporter(Notice(None, "progress: from the server's websocket" if done.server_progress else
                             "progress: counted in segments (this server sends no training progress for "
                             "TrainLoraNode; ComfyUI 0.3.64 prints it to its console only)"))
-        listed, _fresh = await listed_loras(client)
+            recorder.note_first(PROGRESS_NOTES[done.server_progress])
+        listed, _fresh = await listed_choices(client, "TrainLoraNode", "existing_lora")
         saved = saved_name(listed, run, end)
         if saved is None:
             recorder.end_segment(result, "error")

@@ -483,6 +483,10 @@ async def resume(settings: ServerSettings, run_dir: Path, reporter: Reporter,
     from lorawf.runs.record import read_record
 
     record = read_record(run_dir)
+    if record.plan.get("trainer") == "native":
+        raise InputError(f"{run_dir}: a native-trainer run (one prompt per checkpoint): `lorawf resume` cannot "
+                         "carry its segments on yet; its finished checkpoints are in checkpoints/, start a new "
+                         "run with `lorawf run --trainer native`")
     if not record.prompt_id:
         raise InputError(f"{run_dir}: run.json names no prompt: the run was never submitted; start it again "
                          "with `lorawf run`")
