@@ -10,7 +10,6 @@ import pytest
 from lorawf.comfy.schema import bundled_schemas, load_object_info_file, parse_object_info
 from lorawf.errors import InputError
 
-
 NATIVE_TRAINING = {"TrainLoraNode", "SaveLoRANode", "LoraModelLoader", "LoadImageTextSetFromFolderNode", "LossGraphNode"}
 CORE_SAMPLING = {"CheckpointLoaderSimple", "UNETLoader", "DualCLIPLoader", "TripleCLIPLoader", "VAELoader",
                  "VAEEncode", "VAEDecode", "CLIPTextEncode", "KSampler", "EmptyLatentImage", "EmptySD3LatentImage",
