@@ -178,3 +178,43 @@ def test_a_failed_segment_stops_the_run_and_the_record_says_which(server: Any, t
     rec = json.loads((tmp_path / "runs" / "bad" / "run.json").read_text())
     assert rec["outcome"] in ("failed", "error", "rejected")
     assert "Traceback" not in proc.stderr
+
+
+def test_pick_trainer_prefers_fluxtrainer_and_falls_back_to_native() -> None:
+    from lorawf.comfy.schema import bundled_schemas, parse_object_info
+    from lorawf.runs.backend import pick_trainer
+
+    everything = bundled_schemas()
+    assert pick_trainer(everything, "sdxl") == ("fluxtrainer", None)
+    from lorawf.comfy.schema import bundled_object_info
+
+    info = {k: v for k, v in bundled_object_info().items() if k not in ("InitSDXLLoRATraining",)}
+    trainer, why = pick_trainer(parse_object_info(info), "sdxl")
+    assert trainer == "native" and why is not None and "no FluxTrainer InitSDXLLoRATraining" in why
+    assert pick_trainer(parse_object_info(info), "flux") == ("fluxtrainer", None)  # Flux's nodes are all there
+    neither = {k: v for k, v in info.items() if k != "TrainLoraNode"}
+    assert pick_trainer(parse_object_info(neither), "sdxl") == ("fluxtrainer", None)  # its preflight says why
+
+
+def test_auto_runs_natively_on_a_server_without_fluxtrainer_and_says_so(comfy_server_factory: Any,
+                                                                        tmp_path: Path) -> None:
+    srv = comfy_server_factory(step_delay=0.0002, without_fluxtrainer=True)
+    proc = lorawf("run", str(captioned(tmp_path, 8)), "--token", "inkwash", "--server", srv.url, "--upload",
+                  "--download", str(tmp_path / "runs"), "--name", "auto", "--steps", "200", tmp=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--trainer auto: the server has no FluxTrainer InitFluxLoRATraining, FluxTrainLoop" in proc.stderr
+    rec = json.loads((tmp_path / "runs" / "auto" / "run.json").read_text())
+    assert rec["plan"]["trainer"] == "native" and rec["outcome"] == "success"
+    # --trainer fluxtrainer insists: the preflight names the missing node, nothing is queued
+    proc = lorawf("run", str(tmp_path / "ink"), "--token", "inkwash", "--server", srv.url, "--upload",
+                  "--download", str(tmp_path / "runs"), "--trainer", "fluxtrainer", tmp=tmp_path)
+    assert proc.returncode == 4 and "FluxTrainLoop" in proc.stderr
+
+
+def test_auto_runs_fluxtrainer_where_the_server_has_it(server: Any, tmp_path: Path) -> None:
+    proc = lorawf("run", str(captioned(tmp_path, 8)), "--token", "inkwash", "--server", server.url, "--upload",
+                  "--download", str(tmp_path / "runs"), "--name", "ft", "--steps", "200", tmp=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--trainer auto" not in proc.stderr
+    rec = json.loads((tmp_path / "runs" / "ft" / "run.json").read_text())
+    assert rec["plan"]["trainer"] == "fluxtrainer"

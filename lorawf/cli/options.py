@@ -138,6 +138,7 @@ def follow_from(*, wait: bool = True, download: Path | None = None, timeout: flo
 #: ``--model`` and ``--trainer`` choices (training/families.py says the same; tests/test_families.py checks).
 MODEL_CHOICES = ("flux", "sdxl", "sd35")
 TRAINER_CHOICES = ("fluxtrainer", "native")
+RUN_TRAINER_CHOICES = ("auto", *TRAINER_CHOICES)  # run: auto = what the server can run
 
 
 def plan_options(func: F) -> F:
@@ -152,11 +153,20 @@ def plan_options(func: F) -> F:
 
 
 def trainer_option(func: F) -> F:
-    """``--trainer``: FluxTrainer's nodes, or ComfyUI's own training nodes (plan and run)."""
+    """``--trainer`` of ``plan``: FluxTrainer's nodes, or ComfyUI's own training nodes."""
     return click.option("--trainer", "trainer", type=click.Choice(TRAINER_CHOICES), default="fluxtrainer",
                         show_default=True,
                         help="FluxTrainer's node pack, or ComfyUI's native training nodes (no custom nodes; one "
                              "prompt per checkpoint).")(func)
+
+
+def run_trainer_option(func: F) -> F:
+    """``--trainer`` of ``run``: ``auto`` picks what the server can run."""
+    return click.option("--trainer", "trainer", type=click.Choice(RUN_TRAINER_CHOICES), default="auto",
+                        show_default=True,
+                        help="FluxTrainer's node pack, ComfyUI's native training nodes (no custom nodes; one "
+                             "prompt per checkpoint), or auto: FluxTrainer where the server has it, else native "
+                             "(said when it happens).")(func)
 
 
 def overrides_from(kwargs: dict[str, Any]) -> PlanOverrides:

@@ -20,9 +20,9 @@ from lorawf.cli.options import (
     follow_from,
     follow_options,
     plan_options,
+    run_trainer_option,
     server_options,
     timeout_option,
-    trainer_option,
 )
 from lorawf.cli.output import say
 from lorawf.errors import UsageError
@@ -135,7 +135,7 @@ def cancel_cmd(prompt_id: str, server: ServerOptions, json_mode: bool) -> None:
 @click.argument("dataset", required=False, type=click.Path(readable=False, path_type=Path))
 @click.option("--token", required=True, help="Trigger token that replaces STYLE_TOKEN (class_tokens, prompts).")
 @plan_options
-@trainer_option
+@run_trainer_option
 @click.option("--upload", is_flag=True, help="Upload the dataset's images and captions to the server first.")
 @click.option("--upload-jobs", type=click.IntRange(1, MAX_UPLOAD_JOBS), default=DEFAULT_UPLOAD_JOBS,
               show_default=True, metavar="N",
@@ -195,17 +195,15 @@ def run_cmd(dataset: Path | None, token: str, images: int | None, model: str | N
     console = make_console(json_mode, settings.secrets, verbose)
     try:
         follow = follow_from(timeout=timeout)
-        if trainer == "native":
-            from lorawf.runs.native import run_native
-
-            run_dir = run_async(lambda: run_native(settings, request, console, follow))
-        elif auto_continue:
+        if auto_continue:
             from lorawf.runs.continuing import auto_continue as auto
 
             run_dir = run_async(lambda: auto(settings, console, follow, auto_continue,
                                              lambda reporter: pipeline.run(settings, request, reporter, follow)))
         else:
-            run_dir = run_async(lambda: pipeline.run(settings, request, console, follow))
+            from lorawf.runs import backend
+
+            run_dir = run_async(lambda: backend.run(settings, request, console, follow))
     finally:
         console.close()
     console.line(f"run folder: {run_dir}")

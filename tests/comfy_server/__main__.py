@@ -30,6 +30,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--auth-value", default=None, help="require this exact header value (e.g. 'Bearer t')")
     p.add_argument("--auth-token", default=None, help="shorthand for --auth-value 'Bearer TOKEN'")
     p.add_argument("--step-delay", type=float, default=0.001, help="seconds per simulated training step")
+    p.add_argument("--native-progress", action="store_true",
+                   help="TrainLoraNode reports progress per optimizer step (ComfyUI after 0.3.64; 0.3.64 does not)")
+    p.add_argument("--without-fluxtrainer", action="store_true",
+                   help="a ComfyUI without the FluxTrainer node pack (its nodes neither listed nor run)")
     p.add_argument(
         "--models",
         choices=("fake", "empty", "none"),
@@ -58,6 +62,8 @@ async def serve(args: argparse.Namespace) -> None:
         max_upload_size=args.max_upload_size,
         auth=auth,
         step_delay=args.step_delay,
+        native_progress=args.native_progress,
+        without_fluxtrainer=args.without_fluxtrainer,
         frontend_dir=Path(args.frontend) if args.frontend else None,
     )
     state.paths.create(args.models)

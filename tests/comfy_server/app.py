@@ -61,6 +61,18 @@ DYNAMIC_COMBOS: dict[tuple[str, str], str] = {
     ("SDXLModelSelect", "checkpoint"): "checkpoints",
     ("FluxKohyaInferenceSampler", "lora_name"): "loras",
     ("LoadImage", "image"): "<input images>",
+    # ComfyUI's native nodes (tests/comfy_server/native_nodes.py; "<...>" lists: NATIVE_COMBO_SOURCES)
+    ("CheckpointLoaderSimple", "ckpt_name"): "checkpoints",
+    ("UNETLoader", "unet_name"): "diffusion_models",
+    ("DualCLIPLoader", "clip_name1"): "text_encoders",
+    ("DualCLIPLoader", "clip_name2"): "text_encoders",
+    ("TripleCLIPLoader", "clip_name1"): "text_encoders",
+    ("TripleCLIPLoader", "clip_name2"): "text_encoders",
+    ("TripleCLIPLoader", "clip_name3"): "text_encoders",
+    ("VAELoader", "vae_name"): "<vae list>",
+    ("TrainLoraNode", "existing_lora"): "<loras + [None]>",
+    ("LoadImageTextSetFromFolderNode", "folder"): "<input subfolders>",
+    ("LoadImageSetFromFolderNode", "folder"): "<input subfolders>",
 }
 
 Item = tuple[Any, str, dict[str, Any], dict[str, Any], list[str]]
@@ -97,6 +109,8 @@ class ServerState:
         max_upload_size: float | None = None,
         auth: tuple[str, str] | None = None,
         step_delay: float = 0.001,
+        native_progress: bool = False,
+        without_fluxtrainer: bool = False,
         nodes: dict[str, NodeFunc] | None = None,
         frontend_dir: Path | None = None,
     ) -> None:
@@ -113,6 +127,12 @@ class ServerState:
             FLUX_NODES, FLUX_IS_CHANGED = {}, {}
         self.nodes.update(FLUX_NODES)
         self.is_changed_funcs.update(FLUX_IS_CHANGED)
+        try:
+            from tests.comfy_server.native_nodes import NATIVE_COMBO_SOURCES, NATIVE_NODES
+        except ImportError:  # native nodes module not present
+            NATIVE_NODES, NATIVE_COMBO_SOURCES = {}, {}
+        self.nodes.update(NATIVE_NODES)
+        self.combo_sources: dict[str, Callable[[ComfyPaths], list[str]]] = dict(NATIVE_COMBO_SOURCES)
         if nodes:
             self.nodes.update(nodes)
         self.dynamic_object_info = object_info is None
@@ -120,13 +140,23 @@ class ServerState:
             from lorawf.comfy.schema import bundled_object_info
 
             object_info = bundled_object_info()
+        if without_fluxtrainer:  # a ComfyUI without the node pack: neither its schemas nor its nodes
+            object_info = {k: v for k, v in object_info.items()
+                           if not str(v.get("python_module", "")).startswith("custom_nodes.ComfyUI-FluxTrainer")}
+            for name in FLUX_NODES:
+                self.nodes.pop(name, None)
         self.base_object_info = object_info
         self._oi_cache: tuple[Any, dict[str, Any], Any] | None = None
         self.max_upload_size: float = (
             DEFAULT_MAX_UPLOAD_MB if max_upload_size is None else float(max_upload_size)
         )
         self.faults = Faults(auth=auth)
-        self.config: dict[str, Any] = {"step_delay": step_delay, "delay_scale": 1.0}
+        # native_progress: TrainLoraNode sends progress per optimizer step, as ComfyUI after 0.3.64 does
+        self.config: dict[str, Any] = {
+            "step_delay": step_delay,
+            "delay_scale": 1.0,
+            "native_progress": native_progress,
+        }
         self.request_log: list[dict[str, Any]] = []
         # requests being handled now per route (stalls included), and the most at once: how parallel a client is
         self.in_flight: dict[str, int] = {}
@@ -167,6 +197,8 @@ class ServerState:
         for folder in set(DYNAMIC_COMBOS.values()):
             if folder == "<input images>":
                 lists[folder] = self.paths.input_images()
+            elif folder in self.combo_sources:
+                lists[folder] = self.combo_sources[folder](self.paths)
             else:
                 lists[folder] = self.paths.filename_list(folder)
         key = json.dumps(lists, sort_keys=True)
@@ -181,6 +213,8 @@ class ServerState:
                 spec = (node["input"].get(section) or {}).get(name)
                 if isinstance(spec, list) and spec and isinstance(spec[0], list):
                     spec[0] = list(lists[folder])
+                elif isinstance(spec, list) and len(spec) > 1 and spec[0] == "COMBO" and isinstance(spec[1], dict):
+                    spec[1]["options"] = list(lists[folder])  # the V3 form, e.g. TripleCLIPLoader
         self._oi_cache = (key, info, None)
         return info
 
@@ -802,6 +836,8 @@ def make_app(state: ServerState) -> web.Application:
             for key in ("step_delay", "delay_scale"):
                 if key in body:
                     state.config[key] = float(body[key])
+            if "native_progress" in body:
+                state.config["native_progress"] = bool(body["native_progress"])
             return web.json_response(state.config)
         if kind == "restart":
             await state.restart(float(body.get("downtime", 0.0)))

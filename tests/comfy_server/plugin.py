@@ -8,6 +8,9 @@
 * ``models="fake"|"empty"|"none"`` placeholder model files (``empty`` = the recorded 0-byte files,
   which make ``InitFluxLoRATraining`` fail as recorded);
 * ``max_upload_size=<MB>`` like ComfyUI's ``--max-upload-size``; ``step_delay=<s>`` per training step;
+* ``without_fluxtrainer=True``: a ComfyUI without the FluxTrainer node pack (no schemas, no nodes);
+* ``native_progress=True``: ``TrainLoraNode`` sends a ``progress`` message per optimizer step, as ComfyUI after
+  0.3.64 does (0.3.64 itself only prints tqdm to the console); also ``control("config", native_progress=...)``;
 * ``tls=(cert, key)`` serves https/wss (ComfyUI's ``--tls-certfile``/``--tls-keyfile``);
 * ``root=<Path>`` to reuse a ComfyUI folder (e.g. to "restart" on the same files);
 * ``frontend_dir=<Path>`` serves that built ComfyUI frontend (a web root with ``index.html``) at ``/``,
@@ -18,7 +21,8 @@ The handle (:class:`ComfyServer`) offers ``.url``, ``.ws_url``, ``.port``, ``.ro
 
 ``.state()`` (``control("state")``) also gives ``restarts`` (how many ``control("restart")`` happened) and
 ``training_log``: one entry per ``FluxTrainLoop`` run in this server, kept across restarts (see
-:func:`tests.comfy_server.flux_nodes.train_loop`). A restart forgets memory (queue, history, ComfyUI's output
+:func:`tests.comfy_server.flux_nodes.train_loop`), and per native ``TrainLoraNode`` run (``kind: "native"``, see
+:func:`tests.comfy_server.native_nodes.train_lora`). A restart forgets memory (queue, history, ComfyUI's output
 cache) but keeps the disk.
 """
 
@@ -142,6 +146,10 @@ def start_server(root: Path, log_dir: Path | None = None, **options: Any) -> Com
         args += ["--max-upload-size", str(options["max_upload_size"])]
     if options.get("step_delay") is not None:
         args += ["--step-delay", str(options["step_delay"])]
+    if options.get("native_progress"):
+        args += ["--native-progress"]
+    if options.get("without_fluxtrainer"):
+        args += ["--without-fluxtrainer"]
     tls = options.get("tls")  # (certificate, key) paths: serve https/wss
     if tls is not None:
         args += ["--tls-certfile", str(tls[0]), "--tls-keyfile", str(tls[1])]
@@ -155,6 +163,8 @@ def start_server(root: Path, log_dir: Path | None = None, **options: Any) -> Com
         "models",
         "max_upload_size",
         "step_delay",
+        "native_progress",
+        "without_fluxtrainer",
         "tls",
         "frontend_dir",
     }
