@@ -218,3 +218,17 @@ def test_auto_runs_fluxtrainer_where_the_server_has_it(server: Any, tmp_path: Pa
     assert "--trainer auto" not in proc.stderr
     rec = json.loads((tmp_path / "runs" / "ft" / "run.json").read_text())
     assert rec["plan"]["trainer"] == "fluxtrainer"
+
+
+def test_auto_on_an_unreachable_server_ends_with_one_done_event(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = lorawf("run", str(captioned(tmp_path, 8)), "--token", "inkwash", "--server", f"http://127.0.0.1:{port}",
+                  "--upload", "--download", str(tmp_path / "runs"), "--json", tmp=tmp_path)
+    assert proc.returncode == 5, proc.stderr
+    evs = events(proc)
+    assert [e["event"] for e in evs].count("done") == 1 and evs[-1]["outcome"] == "unreachable"
+    assert not (tmp_path / "runs").exists()

@@ -57,7 +57,10 @@ async def run(settings: ServerSettings, request: RunRequest, reporter: Reporter,
         if model is None and request.template is not None:
             found = template_family(load_template(request.template)[1])
             model = found.name if found else None
-        async with ComfyClient(settings) as client:
+        from lorawf.runs.engine import ending_with_done
+
+        # an unreachable server or Ctrl-C here still ends the event stream with `done`
+        async with ending_with_done(reporter, settings), ComfyClient(settings) as client:
             schemas = await load_server_schemas(client)
         trainer, why = pick_trainer(schemas, model or "flux")
         if why is not None and request.template is None:
