@@ -255,6 +255,42 @@ def test_patched_workflow_survives_the_web_ui_unchanged(webui: WebUI, images: in
     )
 
 
+def family_workflow(model: str) -> dict[str, Any]:
+    """``lorawf patch --images 43 --token inkwash --model MODEL`` (the family's bundled template)."""
+    built = build_workflow(43, PatchOptions("inkwash", "datasets/inkwash", None, None, ()), model=model)
+    workflow: dict[str, Any] = json.loads(built.text)
+    return workflow
+
+
+def native_segment(model: str, index: int) -> dict[str, Any]:
+    """Segment ``index`` of a ``--trainer native`` run, as lorawf posts it (and keeps it in workflows/)."""
+    from lorawf.runs.native import bundled_prompts
+    from lorawf.training.plan import plan_training
+    from lorawf.workflow.native import NativeRun, segment_workflow
+
+    plan = plan_training(43, model=model, trainer="native")
+    run = NativeRun("ink", model, "3d", bundled_prompts(model, "inkwash"))
+    existing = None if index == 0 else "lorawf/ink/ink_250_steps_00001_.safetensors"
+    return segment_workflow(run, plan, index, existing)
+
+
+@pytest.mark.parametrize("name", ["sdxl", "sd35", "native-flux", "native-sdxl-2", "native-sd35"])
+def test_other_families_and_native_segments_survive_the_web_ui_unchanged(webui: WebUI, name: str) -> None:
+    """The SDXL and SD 3.5 workflows and the native trainer's prompts load in the web UI as they are, so a
+    user can open any of them there (a value the snapshot server lacks, e.g. an SDXL checkpoint, stays as sent)."""
+    if name.startswith("native-"):
+        _native, model, *segment = name.split("-")
+        workflow = native_segment(model, int(segment[0]) - 1 if segment else 0)
+    else:
+        workflow = family_workflow(name)
+    output = webui.roundtrip(workflow, f"lorawf_{name}.json")
+    diffs = differences(workflow, output)
+    assert not diffs, (
+        f"the ComfyUI frontend {webui.version} changed lorawf's {name} workflow ({len(diffs)} differences):\n"
+        + "\n".join(diffs)
+    )
+
+
 def test_the_comparison_sees_what_the_web_ui_drops_or_changes(webui: WebUI) -> None:
     """The round trip is not vacuous: an input no node has is dropped, and the diff names it."""
     workflow = patched(43)

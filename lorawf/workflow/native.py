@@ -131,7 +131,7 @@ def _loaders(run: NativeRun) -> tuple[Workflow, list[Any], list[Any], list[Any]]
             "1": _node("UNETLoader", f"Base model: {title} transformer (file on the server)",
                        unet_name=files["unet_name"], weight_dtype="default"),
             "2": _node("DualCLIPLoader", "Text encoders: CLIP-L and T5 (files on the server)",
-                       clip_name1=files["clip_name1"], clip_name2=files["clip_name2"], type="flux"),
+                       clip_name1=files["clip_name1"], clip_name2=files["clip_name2"], type="flux", device="default"),
             "3": _node("VAELoader", "VAE (file on the server)", vae_name=files["vae_name"]),
         }
         return graph, ["1", 0], ["2", 0], ["3", 0]

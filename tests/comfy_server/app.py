@@ -140,6 +140,10 @@ class ServerState:
             from lorawf.comfy.schema import bundled_object_info
 
             object_info = bundled_object_info()
+            # core loaders lorawf never uses but the 0.3.64 frontend looks up when it creates any model loader
+            # (its modelToNode store registers them; a missing one breaks VAELoader and the like in the web UI)
+            object_info.update(json.loads((Path(__file__).resolve().parents[2] / "fixtures" / "object_info"
+                                           / "core_model_loaders.json").read_text(encoding="utf-8")))
         if without_fluxtrainer:  # a ComfyUI without the node pack: neither its schemas nor its nodes
             object_info = {k: v for k, v in object_info.items()
                            if not str(v.get("python_module", "")).startswith("custom_nodes.ComfyUI-FluxTrainer")}
