@@ -185,7 +185,7 @@ def test_server_schemas_fetch_once_then_cache(comfy_server: Any, tmp_path: Path,
     first = schema_cache.server_schemas(settings)
     second = schema_cache.server_schemas(settings)
     assert asked() == ["/system_stats", "/object_info", "/system_stats"]
-    assert set(first) == set(second) == set(SCHEMAS)
+    assert set(first) == set(second) >= set(SCHEMAS)  # the test server also lists a few core model loaders
     assert "secret" not in first.source and "0.3.64" in first.source
     cached = list((tmp_path / "lorawf" / "object_info").glob("*.json"))
     assert len(cached) == 1 and "secret" not in cached[0].name

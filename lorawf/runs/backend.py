@@ -48,6 +48,7 @@ async def run(settings: ServerSettings, request: RunRequest, reporter: Reporter,
 
     trainer = request.trainer
     if trainer == AUTO:
+        pipeline.check_request(request)  # a request wrong on its own is said before the server is asked
         from lorawf.net.http import ComfyClient
         from lorawf.net.schema_cache import load_server_schemas
         from lorawf.workflow.build import load_template

@@ -185,11 +185,11 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
     from lorawf.fsutil import atomic_write_text
     from lorawf.net.http import ComfyClient
     from lorawf.net.schema_cache import load_server_schemas
-    from lorawf.runs.pipeline import dataset_upload
+    from lorawf.runs.pipeline import check_request, dataset_upload
     from lorawf.runs.record import RunRecord, Timings, write_record
     from lorawf.timefmt import utc_now
     from lorawf.training.dataset import scan_dataset
-    from lorawf.training.naming import check_run_name, unique_run_name
+    from lorawf.training.naming import unique_run_name
     from lorawf.training.plan import plan_training
     from lorawf.workflow.native import NativeRun, segment_workflow
     from lorawf.workflow.patch import validate_token
@@ -211,12 +211,7 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
         images = scan.image_count
     else:
         raise UsageError("give a DATASET folder or --images N")
-    if request.upload and scan is None:
-        raise UsageError("--upload needs a local DATASET folder (without --images)")
-    if not request.upload and not request.server_dataset_path:
-        raise UsageError("say where the images are on the GPU host: --upload, or --server-dataset-path PATH")
-    if request.name is not None:
-        check_run_name(request.name)
+    check_request(request)
     plan = plan_training(images, request.overrides, model=request.model or "flux", trainer="native")
     warnings = check_captions(scan, token) if scan is not None else []
     prompts = bundled_prompts(plan.model, token)

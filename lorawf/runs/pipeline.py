@@ -194,7 +194,7 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
     from lorawf.runs.sheet import prompts_from_workflow
     from lorawf.timefmt import utc_now
     from lorawf.training.dataset import scan_dataset
-    from lorawf.training.naming import check_run_name, unique_run_name
+    from lorawf.training.naming import unique_run_name
     from lorawf.workflow.build import build_workflow
 
     created = utc_now()
@@ -207,12 +207,7 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
         images = scan.image_count
     else:
         raise UsageError("give a DATASET folder or --images N")
-    if request.upload and scan is None:
-        raise UsageError("--upload needs a local DATASET folder (without --images)")
-    if not request.upload and not request.server_dataset_path:
-        raise UsageError("say where the images are on the GPU host: --upload, or --server-dataset-path PATH")
-    if request.name is not None:
-        check_run_name(request.name)
+    check_request(request)
     placeholder = request.name or unique_run_name(request.token, images, created, lambda n: False)
     build_workflow(images, _patch_options(request, "/dataset", "/output", placeholder), request.overrides,
                    request.template, model=request.model)  # token, overrides, --set and template problems surface here
@@ -287,6 +282,20 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
         await _naming_the_run(run_dir, submit_graph(client, built.patch.workflow, follower.observer(reporter),
                            replace(options, download=None), after_run=follower.after_run))
     return run_dir
+
+
+def check_request(request: RunRequest) -> None:
+    """What a run request gets wrong on its own, before any server is asked: where the images are, the name."""
+    from lorawf.training.naming import check_run_name
+
+    if request.upload and (request.dataset is None or request.images is not None):
+        raise UsageError("--upload needs a local DATASET folder (without --images)")
+    if request.dataset is None and request.images is None:
+        raise UsageError("give a DATASET folder or --images N")
+    if not request.upload and not request.server_dataset_path:
+        raise UsageError("say where the images are on the GPU host: --upload, or --server-dataset-path PATH")
+    if request.name is not None:
+        check_run_name(request.name)
 
 
 def dataset_upload(token: str, scan: DatasetScan) -> tuple[list[UploadFile], str]:
