@@ -721,8 +721,13 @@ async def test_plain_get_routes_match_recording(comfy_server: ComfyServer) -> No
         assert r.status_code == 404
         assert (await client.get("/models/diffusion_models")).json() == ["flux1-dev.safetensors"]
         assert (await client.get("/models/text_encoders")).json() == [
+            "clip_g.safetensors",
             "clip_l.safetensors",
             "t5xxl_fp16.safetensors",
+        ]
+        assert (await client.get("/models/checkpoints")).json() == [  # the SDXL and SD 3.5 templates' models
+            "sd3.5_large.safetensors",
+            "sd_xl_base_1.0.safetensors",
         ]
         # combo lists follow the model folders, as get_filename_list does
         (comfy_server.root / "models" / "loras" / "mine.safetensors").write_bytes(b"x")
@@ -730,7 +735,12 @@ async def test_plain_get_routes_match_recording(comfy_server: ComfyServer) -> No
         info = (await client.get("/object_info/FluxKohyaInferenceSampler")).json()
         assert info["FluxKohyaInferenceSampler"]["input"]["required"]["lora_name"][0] == ["mine.safetensors"]
         full = (await client.get("/object_info")).json()
-        assert full["FluxTrainModelSelect"] == load_bundled()["FluxTrainModelSelect"]
+        recorded = load_bundled()["FluxTrainModelSelect"]  # the recorded server had no clip_g
+        for name in ("clip_l", "t5"):
+            recorded["input"]["required"][name][0] = ["clip_g.safetensors", *recorded["input"]["required"][name][0]]
+        assert full["FluxTrainModelSelect"] == recorded
+        select = full["SDXLModelSelect"]["input"]["required"]
+        assert select["checkpoint"][0] == ["sd3.5_large.safetensors", "sd_xl_base_1.0.safetensors"]
 
 
 def load_bundled() -> dict[str, Any]:

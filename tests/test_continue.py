@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from lorawf.training.families import FAMILIES
 from lorawf.training.plan import plan_training
+from lorawf.workflow.templates import bundled_template_path
 
 REPO = Path(__file__).resolve().parent.parent
 DATASET = REPO / "fixtures" / "datasets" / "ink_wash"
@@ -77,12 +79,18 @@ def trained(server: Any) -> list[tuple[int, int]]:
     return [(e["from_step"], e["to_step"]) for e in server.state()["training_log"]]
 
 
+def template_of(family: str) -> tuple[str, ...]:
+    """The `lorawf run` options that train ``family``: its bundled template (Flux's is the default)."""
+    return () if family == "flux" else ("--template", str(bundled_template_path(family)))
+
+
+@pytest.mark.parametrize("family", ["flux", "sdxl", "sd35"])
 @pytest.mark.parametrize("mode", ["exact", "weights"])
 def test_a_lost_run_is_continued_to_exactly_its_planned_checkpoints(comfy_server_factory: Any, tmp_path: Path,
-                                                                   mode: str) -> None:
+                                                                   mode: str, family: str) -> None:
     server = comfy_server_factory(step_delay=0.004)
     out = tmp_path / "runs"
-    proc = start_run(server, tmp_path, out, *(["--resumable"] if mode == "exact" else []))
+    proc = start_run(server, tmp_path, out, *(["--resumable"] if mode == "exact" else []), *template_of(family))
     at = random.randint(260, 1150)  # any step past the first checkpoint (250) and before the end (1200)
     print(f"the server is restarted at step {at}")
     lose_the_run_after(server, proc, at)
@@ -97,12 +105,13 @@ def test_a_lost_run_is_continued_to_exactly_its_planned_checkpoints(comfy_server
         assert "close to, not the same as" in json.loads((run_dir / "run.json").read_text())["segments"][1]["note"]
     record = json.loads((run_dir / "run.json").read_text())
     assert record["outcome"] == "success"
-    plan = plan_training(30)
+    plan = plan_training(30, model=family)
+    assert record["plan"]["model"] == family
     name = run_dir.name
     steps = sorted(f["step"] for f in record["files"] if f["kind"] == "checkpoint")
     assert steps == list(plan.checkpoint_steps)  # every planned checkpoint, once, by the run's global step
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} >= {
-        f"{name}_rank16_bf16-step{s:05d}.safetensors" for s in plan.checkpoint_steps}
+        FAMILIES[family].file_name(name, 16, s) for s in plan.checkpoint_steps}
     first, second = record["segments"]
     assert (first["mode"], first["from_step"], first["outcome"]) == ("initial", 0, "lost")
     assert (second["mode"], second["to_step"], second["outcome"]) == (mode, 1200, "success")
@@ -112,7 +121,14 @@ def test_a_lost_run_is_continued_to_exactly_its_planned_checkpoints(comfy_server
     if mode == "exact":  # the continuation starts where the saved state is: no step is trained twice
         resumed = [r for r in ranges if r[0] >= second["from_step"]]
         assert resumed[0][0] == second["from_step"] and resumed[-1][1] == 1200
-    assert (run_dir / "workflow-segment-2.json").exists()
+    # the segment continues through the family's own nodes, and the server trained only that family
+    segment = json.loads((run_dir / "workflow-segment-2.json").read_text())
+    fam = FAMILIES[family]
+    (init,) = [node for node in segment.values() if node["class_type"] == fam.init_class]
+    (select,) = [node for node in segment.values() if node["class_type"] == fam.models_class]
+    source = init["inputs"]["resume_args"] if mode == "exact" else select["inputs"]["lora_path"]
+    assert segment[source[0]]["class_type"] == ("FluxTrainResume" if mode == "exact" else "PrimitiveString")
+    assert {e["family"] for e in server.state()["training_log"]} == {family}
 
 
 def test_nothing_to_continue_is_one_clear_line(comfy_server_factory: Any, tmp_path: Path) -> None:

@@ -99,9 +99,16 @@ async def _continue(settings: ServerSettings, run_dir: Path, reporter: Reporter,
     from lorawf.runs.engine import gate_workflow, submit_graph
     from lorawf.runs.pipeline import RunFollower
     from lorawf.runs.record import Segment, read_record, write_record
-    from lorawf.workflow.continuation import EXACT, MODES, WEIGHTS, build_continuation
+    from lorawf.workflow.continuation import (
+        EXACT,
+        MODES,
+        WEIGHTS,
+        build_continuation,
+        continuation_modes,
+        refusal,
+    )
     from lorawf.workflow.io import dumps_workflow
-    from lorawf.workflow.patch import INIT, find_roles
+    from lorawf.workflow.patch import find_roles
 
     if mode is not None and mode not in MODES:
         raise InputError(f"--mode {mode!r}: expected {' or '.join(MODES)}")
@@ -110,10 +117,12 @@ async def _continue(settings: ServerSettings, run_dir: Path, reporter: Reporter,
         raise InputError(f"{run_dir}: the run succeeded; there is nothing to continue")
     recorded = _recorded_workflow(run_dir)
     schemas = bundled_schemas()
-    roles = find_roles(recorded, schemas)
+    roles = find_roles(recorded, schemas)  # the run's family: its Init and model-select nodes
     init_inputs = recorded[roles.init]["inputs"]
-    if recorded[roles.init]["class_type"] != INIT:  # pragma: no cover - find_roles guarantees it
-        raise InputError(f"{run_dir / WORKFLOW_NAME}: no {INIT} node")
+    why_not = None if mode is None else refusal(roles.family, mode, schemas)
+    if why_not is not None:  # before asking the server anything
+        raise InputError(f"--mode {mode}: {why_not}")
+    modes = continuation_modes(roles.family, schemas)
     stem = f"{init_inputs.get('output_name')}_rank{init_inputs.get('network_dim')}_{init_inputs.get('save_dtype')}"
     segments = _segments(record, init_inputs)
     checkpoints = [int(s) for s in record.plan.get("checkpoint_steps") or []]
@@ -133,7 +142,7 @@ async def _continue(settings: ServerSettings, run_dir: Path, reporter: Reporter,
             raise InputError(f"{run_dir}: no checkpoint of this run is on {client.where} (none was reached, or "
                              "the files were removed); start it again with `lorawf run`")
         step, where_found, lora_path, has_state = found
-        chosen = mode or (EXACT if has_state else WEIGHTS)
+        chosen = mode or (EXACT if has_state and EXACT in modes else WEIGHTS)
         if chosen == EXACT and not has_state:
             raise InputError(f"no training state of step {step} on {client.where} (the run was not started with "
                              "--resumable); continue with --mode weights")

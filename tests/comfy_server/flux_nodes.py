@@ -7,6 +7,24 @@ reported as progress); ``FluxTrainSave``/``FluxTrainEnd`` write small fake ``.sa
 ``FluxTrainValidate`` writes PNGs under ``<output_dir>/sample/`` and returns an IMAGE batch.
 0-byte model files fail in Init as recorded (``SafetensorError: ... header too small``).
 
+The three LoRA families (nodes.py, nodes_sdxl.py, nodes_sd3.py; docs/fluxtrainer.md §9.5): ``SDXLModelSelect``
+(``checkpoint`` from ``checkpoints``), ``SD3ModelSelect`` (``transformer`` from ``checkpoints``, ``clip_l``/
+``clip_g``/``t5`` from ``clip``) and their ``InitSDXLLoRATraining``/``InitSD3LoRATraining`` run the same
+``init_training`` as the Flux Init, with the differences in :class:`InitSpec` (read from the source). All three
+return the same NETWORKTRAINER, so ``FluxTrainLoop``/``FluxTrainSave``/``FluxTrainEnd`` (and the resume and
+``lora_path`` behaviour: kohya's shared ``train_network.NetworkTrainer.init_train``) are the same for every
+family. What each Init dumps into ``<output_name>_args.json`` is the kohya arguments its ``config_dict`` sets
+(not argparse's other defaults), as the source builds them: ``sample_prompts`` split on ``|`` (SDXL adds
+``negative_prompts``), ``output_name`` = ``{output_name}_rank{dim}_{save_dtype}``, the model paths under the
+family's keys, the Init's other inputs as given (SD3's ``"training_shift "`` keeps its trailing space, so
+kohya's own ``training_shift`` stays at its default 1.0 unless ``additional_args`` has ``--training_shift``),
+``network_weights`` from ``lora_path``, then optimizer, loss and resume args; ``dataset_config`` is the dataset
+JSON (kohya gets it as TOML). ``<output_name>_workflow.json`` is ``extra_pnginfo["workflow"]``, ``{}`` without
+``extra_pnginfo``. Validation: ``FluxTrainValidate`` calls ``sample_images(epoch, step, settings)`` (Flux's and
+SD3's trainer signature; an SDXL trainer fails with a ``TypeError``), ``SDXLTrainValidate`` the SDXL one (a
+Flux or SD3 trainer fails likewise); each sampler reads its own validation-settings keys (a missing one is a
+``KeyError``) and rounds sizes down to 16 (Flux) or 8 (SDXL, SD3).
+
 Continuing a run (docs/fluxtrainer.md §5.5, §5.6):
 
 * ``FluxTrainSave(save_state=true)`` writes ``<name>-step{g:05d}-state/`` and ``FluxTrainEnd(save_state=true)``
@@ -47,6 +65,8 @@ import json
 import math
 import os
 import pickle
+import re
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -66,12 +86,101 @@ from tests.comfy_server.paths import IMAGE_EXTENSIONS
 if TYPE_CHECKING:
     from tests.comfy_server.app import ServerState
 
-_MODEL_FOLDERS = {
-    "transformer": "diffusion_models",
-    "vae": "vae",
-    "clip_l": "text_encoders",
-    "t5": "text_encoders",
-}
+
+class FluxNetworkTrainer:
+    """The signature of kohya's trainer's ``sample_images`` (flux_train_network_comfy.py:244): a validate node
+    that calls it with the other family's arguments gets Python's own ``TypeError``."""
+
+    def sample_images(self, epoch: Any, global_step: Any, validation_settings: Any) -> None:
+        return None
+
+
+class Sd3NetworkTrainer:
+    """sd3_train_network.py:301: the Flux signature."""
+
+    def sample_images(self, epoch: Any, global_step: Any, validation_settings: Any) -> None:
+        return None
+
+
+class SdxlNetworkTrainer:
+    """sdxl_train_network.py:210."""
+
+    def sample_images(self, accelerator: Any, args: Any, epoch: Any, global_step: Any, device: Any, vae: Any,
+                      tokenizer: Any, text_encoder: Any, unet: Any, validation_settings: Any = None) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """What differs between FluxTrainer's three LoRA ``Init*`` nodes and their kohya trainers.
+
+    The rest of ``init_training`` is the same code three times (nodes.py:483-642, nodes_sdxl.py:99-249,
+    nodes_sd3.py:108-262), and all three trainers run ``train_network.NetworkTrainer.init_train``."""
+
+    family: str  # lorawf's name of the family (lorawf/training/families.py)
+    init_class: str
+    kohya: type  # kohya's trainer class (its name and its ``sample_images`` signature)
+    models_input: str
+    model_args: tuple[tuple[str, str], ...]  # kohya argument <- model-select key; the first is the base model
+    loads: tuple[str, ...]  # the model-select files ``load_target_model`` reads, in that order
+    named: frozenset[str]  # ``init_training``'s own parameters: every other input lands in ``**kwargs``
+    network_module: str
+    network_config: bool  # has a ``network_config`` input (and puts ``network_args`` into its config)
+    t5: bool  # a T5 text encoder: ``t5xxl_max_token_length``, ``fp8_base_unet`` and ``train_t5xxl``
+    text_encoder_lrs: tuple[str, ...]  # the inputs of ``text_encoder_lr`` when a text encoder trains
+    late_network_args: bool  # the block/T5 ``network_args`` are added after the config is applied (Flux)
+    negative_prompts: bool  # SDXL's ``sample_prompts_neg`` (dumped as ``negative_prompts``, never sampled)
+    torch_loads_other_files: bool  # a base model that is not ``.safetensors`` goes through ``torch.load``
+    parser_defaults: tuple[tuple[str, float], ...] = ()  # argparse defaults the node's inputs do not reach
+    settings_keys: tuple[str, ...] = ("steps", "width", "height", "guidance_scale", "seed")  # in reading order
+    size_multiple: int = 8  # the sampler rounds width and height down to this
+
+    @property
+    def trainer_class(self) -> str:
+        return self.kohya.__name__
+
+    @property
+    def prompt_input(self) -> str:
+        return "sample_prompts_pos" if self.negative_prompts else "sample_prompts"
+
+
+_NAMED = frozenset({  # the parameters all three init_training have
+    "dataset", "optimizer_settings", "output_name", "attention_mode", "gradient_dtype", "save_dtype",
+    "additional_args", "resume_args", "train_text_encoder", "gradient_checkpointing", "prompt", "extra_pnginfo",
+    "clip_l_lr", "loss_args",
+})
+FLUX_INIT = InitSpec(  # nodes.py:483-485, flux_train_network_comfy.py:54-98, flux_train_utils.py:128-137
+    family="flux", init_class="InitFluxLoRATraining", kohya=FluxNetworkTrainer, models_input="flux_models",
+    model_args=(("pretrained_model_name_or_path", "transformer"), ("clip_l", "clip_l"), ("t5xxl", "t5"),
+                ("ae", "vae")),
+    loads=("transformer", "clip_l", "t5", "vae"),
+    named=_NAMED | {"flux_models", "sample_prompts", "block_args", "T5_lr", "network_config"},
+    network_module=".networks.lora_flux", network_config=True, t5=True, text_encoder_lrs=("clip_l_lr", "T5_lr"),
+    late_network_args=True, negative_prompts=False, torch_loads_other_files=False,
+    settings_keys=("steps", "width", "height", "guidance_scale", "seed", "base_shift", "max_shift", "shift"),
+    size_multiple=16,
+)
+# nodes_sdxl.py:99-101 (block_args is no parameter: it lands in kwargs), sdxl_train_util.py:66-82, the sampler
+# train_util.py:6122-6128
+SDXL_INIT = InitSpec(
+    family="sdxl", init_class="InitSDXLLoRATraining", kohya=SdxlNetworkTrainer, models_input="SDXL_models",
+    model_args=(("pretrained_model_name_or_path", "checkpoint"),), loads=("checkpoint",),
+    named=_NAMED | {"SDXL_models", "sample_prompts_pos", "sample_prompts_neg", "clip_g_lr", "network_config"},
+    network_module=".networks.lora", network_config=True, t5=False, text_encoder_lrs=("clip_l_lr", "clip_g_lr"),
+    late_network_args=False, negative_prompts=True, torch_loads_other_files=True,
+    settings_keys=("steps", "width", "height", "guidance_scale", "sampler", "seed"),
+)
+SD3_INIT = InitSpec(  # nodes_sd3.py:108-110, sd3_train_network.py:62-131, sd3_train_utils.py:472-506
+    family="sd35", init_class="InitSD3LoRATraining", kohya=Sd3NetworkTrainer, models_input="sd3_models",
+    model_args=(("pretrained_model_name_or_path", "transformer"), ("clip_l", "clip_l"), ("clip_g", "clip_g"),
+                ("t5xxl", "t5")),
+    loads=("transformer", "clip_l", "clip_g", "t5"),
+    named=_NAMED | {"sd3_models", "sample_prompts", "block_args", "clip_g_lr", "T5_lr"},
+    network_module=".networks.lora_sd3", network_config=False, t5=True,
+    text_encoder_lrs=("clip_l_lr", "clip_g_lr", "T5_lr"), late_network_args=False, negative_prompts=False,
+    torch_loads_other_files=False,
+    parser_defaults=(("training_shift", 1.0),),  # sd3_train_utils.py:238-243; the input is "training_shift "
+)
 
 
 @dataclass
@@ -83,9 +192,10 @@ class Trainer:
     output_path: str  # resolved on the server
     max_train_steps: int
     steps_per_pass: int
-    sample_prompts: str
+    sample_prompts: list[str]  # kohya's args.sample_prompts: the Init's prompts split on '|'
     save_dtype: str
     network_dim: int
+    spec: InitSpec = FLUX_INIT  # which Init made it (its family and kohya trainer class)
     gradient_dtype: str = "fp32"
     global_step: int = 0  # g: restarts at 0 after every Init, resumed or not
     epoch: int = 0  # kohya's current_epoch: training_loop calls (passes started)
@@ -102,7 +212,7 @@ class Trainer:
     init_prompt_id: str = ""
 
     def __str__(self) -> str:
-        return f"<FluxNetworkTrainer {self.name} step {self.global_step}>"
+        return f"<{self.spec.trainer_class} {self.name} step {self.global_step}>"
 
     @property
     def scheduler_step(self) -> int:
@@ -172,13 +282,35 @@ def save_state(trainer: Trainer, folder: str) -> None:
     _write(os.path.join(folder, "random_states_0.pkl"), pickle.dumps({"fake": "random_states", "step": step}))
 
 
-async def model_select(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
-    paths = ctx.server.paths
-    models = {
-        k: paths.model_path(folder, str(args[k])) or str(args[k]) for k, folder in _MODEL_FOLDERS.items()
-    }
-    models["lora_path"] = args.get("lora_path") or ""
-    return NodeOutput((models,))
+#: Each model-select node's file inputs and the model folder they are looked up in (nodes.py:55-70,
+#: nodes_sdxl.py:43-52, nodes_sd3.py:46-61).
+MODEL_SELECT_FOLDERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "FluxTrainModelSelect": (
+        ("transformer", "diffusion_models"), ("vae", "vae"), ("clip_l", "text_encoders"), ("t5", "text_encoders"),
+    ),
+    "SDXLModelSelect": (("checkpoint", "checkpoints"),),
+    "SD3ModelSelect": (
+        ("transformer", "checkpoints"), ("clip_l", "text_encoders"), ("clip_g", "text_encoders"),
+        ("t5", "text_encoders"),
+    ),
+}
+
+
+def _model_select(class_type: str) -> NodeFunc:
+    """``loadmodel``: ``folder_paths.get_full_path`` of every file input, and ``lora_path`` as given."""
+    folders = MODEL_SELECT_FOLDERS[class_type]
+
+    async def model_select(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
+        paths = ctx.server.paths
+        models = {k: paths.model_path(folder, str(args[k])) or str(args[k]) for k, folder in folders}
+        models["lora_path"] = args.get("lora_path") or ""
+        return NodeOutput((models,))
+
+    model_select.__qualname__ = f"{class_type}.loadmodel"
+    return model_select
+
+
+model_select = _model_select("FluxTrainModelSelect")
 
 
 async def dataset_general_config(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
@@ -305,46 +437,157 @@ def _load_state(ctx: NodeContext, resume: str, gradient_dtype: str) -> dict[str,
     }
 
 
-async def init_lora(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
+_ATTENTION = {  # nodes.py:562-566 and the same in the SDXL and SD3 Inits
+    "sdpa": {"mem_eff_attn": True, "xformers": False, "spda": True},
+    "xformers": {"mem_eff_attn": True, "xformers": True, "spda": False},
+}
+_GRADIENT_DTYPE = {
+    "fp16": {"full_fp16": True, "full_bf16": False, "mixed_precision": "fp16"},
+    "bf16": {"full_bf16": True, "full_fp16": False, "mixed_precision": "bf16"},
+}
+_SAFETENSORS_ERROR = "safetensors._safetensors_rust.SafetensorError"
+
+
+def split_prompts(text: str) -> list[str]:
+    """The Init's ``sample_prompts``: split on ``|`` (nothing stripped or dropped here)."""
+    return text.split("|") if "|" in text else [text]
+
+
+def _cache_kwargs(kwargs: dict[str, Any]) -> None:
+    """The cache_latents / cache_text_encoder_outputs choices as kohya flags (nodes.py:509-531)."""
+    latents = kwargs.get("cache_latents")
+    kwargs["cache_latents"] = latents in ("memory", "disk")
+    kwargs["cache_latents_to_disk"] = latents == "disk"
+    if latents == "disk":
+        kwargs.update(caption_dropout_rate=0.0, shuffle_caption=False, token_warmup_step=0.0,
+                      caption_tag_dropout_rate=0.0)
+    encoders = kwargs.get("cache_text_encoder_outputs")
+    kwargs["cache_text_encoder_outputs"] = encoders in ("memory", "disk")
+    kwargs["cache_text_encoder_outputs_to_disk"] = encoders == "disk"
+
+
+def _parser_values(spec: InitSpec, additional_args: str) -> dict[str, Any]:
+    """argparse's values of ``spec.parser_defaults``, with ``additional_args`` parsed for them (shlex)."""
+    values: dict[str, Any] = dict(spec.parser_defaults)
+    tokens = shlex.split(additional_args) if additional_args else []
+    for i, token in enumerate(tokens):
+        for key, default in spec.parser_defaults:
+            flag = f"--{key}"
+            if token == flag and i + 1 < len(tokens):
+                values[key] = type(default)(tokens[i + 1])
+            elif token.startswith(flag + "="):
+                values[key] = type(default)(token[len(flag) + 1:])
+    return values
+
+
+def kohya_config(spec: InitSpec, args: dict[str, Any]) -> dict[str, Any]:
+    """The kohya arguments the Init sets (``config_dict`` and what it applies after it; nodes.py:538-616,
+    nodes_sdxl.py:148-223, nodes_sd3.py:157-236): what ``<output_name>_args.json`` holds, without argparse's
+    other defaults."""
+    kwargs = {k: v for k, v in args.items() if k not in spec.named}
+    _cache_kwargs(kwargs)
+    models = args[spec.models_input]
+    dataset = args["dataset"]
+    network_config = args.get("network_config") if spec.network_config else None
+    train_text_encoder = str(args.get("train_text_encoder", "disabled"))
+    save_dtype = str(args["save_dtype"])
+    config: dict[str, Any] = _parser_values(spec, str(args.get("additional_args") or ""))
+    config["sample_prompts"] = split_prompts(str(args[spec.prompt_input]))
+    if spec.negative_prompts:
+        config["negative_prompts"] = split_prompts(str(args["sample_prompts_neg"]))
+    config.update(save_precision=save_dtype, mixed_precision="bf16", num_cpu_threads_per_process=1)
+    config.update({key: models[model] for key, model in spec.model_args})
+    config.update(save_model_as="safetensors", persistent_data_loader_workers=False, max_data_loader_n_workers=0,
+                  seed=42)
+    config["network_module"] = network_config["network_module"] if network_config else spec.network_module
+    config["dataset_config"] = json.dumps(
+        {"general": dataset["general"],
+         "datasets": [{k: v for k, v in d.items() if not k.startswith("_")} for d in dataset["datasets"]]},
+        indent=2)
+    config["output_name"] = f"{args['output_name']}_rank{args['network_dim']}_{save_dtype}"
+    config["loss_type"] = "l2"
+    if spec.t5:
+        config["t5xxl_max_token_length"] = 512
+    config["alpha_mask"] = dataset["alpha_mask"]
+    config["network_train_unet_only"] = train_text_encoder == "disabled"
+    if spec.t5:
+        config["fp8_base_unet"] = "fp8" in train_text_encoder
+    config["disable_mmap_load_safetensors"] = False
+    if spec.network_config:
+        config["network_args"] = None if network_config is None else network_config["network_args"]
+    config.update(_ATTENTION.get(str(args.get("attention_mode")), {}))
+    config.update(_GRADIENT_DTYPE.get(str(args.get("gradient_dtype")), {}))
+    if train_text_encoder != "disabled":
+        config["text_encoder_lr"] = [args.get(name, 0) for name in spec.text_encoder_lrs]
+    checkpointing = args.get("gradient_checkpointing", "enabled")
+    config["gradient_checkpointing"] = checkpointing != "disabled"
+    if checkpointing == "enabled_with_cpu_offloading":
+        config["cpu_offload_checkpointing"] = True
+    if models.get("lora_path"):
+        config["network_weights"] = models["lora_path"]
+    config.update(kwargs)
+    config.update(args["optimizer_settings"])
+    for extra in ("loss_args", "resume_args"):  # resume_args last (nodes.py:594-598)
+        if args.get(extra) and isinstance(args[extra], dict):
+            config.update(args[extra])
+    network_args: list[str] = []
+    if spec.t5 and "T5" in train_text_encoder:
+        network_args.append("train_t5xxl=True")
+    block_args = args.get("block_args")
+    if "block_args" in spec.named and block_args:  # the SDXL Init never reads them (only dumps them)
+        network_args.append(block_args["include"])
+    if spec.late_network_args:  # Flux: added to the config's network_args (nodes.py:604-616)
+        current = config.get("network_args")
+        config["network_args"] = current + network_args if isinstance(current, list) else network_args
+    else:  # SDXL, SD3: set before the config is applied, so the config's own network_args win
+        config.setdefault("network_args", network_args)
+    return config
+
+
+def _check_model_file(spec: InitSpec, path: str) -> None:
+    """What loading a placeholder model file does: a file under 8 bytes is no safetensors file."""
+    if not os.path.isfile(path) or os.path.getsize(path) >= 8:
+        return
+    if spec.torch_loads_other_files and not path.lower().endswith(".safetensors"):
+        raise SimulatedError("Ran out of input", "EOFError")  # torch.load of an empty file
+    raise SimulatedError("Error while deserializing header: header too small", _SAFETENSORS_ERROR)
+
+
+def _init_node(spec: InitSpec) -> NodeFunc:
+    async def init_lora(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
+        return await _init_training(ctx, spec, args)
+
+    init_lora.__qualname__ = f"{spec.init_class}.init_training"
+    return init_lora
+
+
+async def _init_training(ctx: NodeContext, spec: InitSpec, args: dict[str, Any]) -> NodeOutput:
+    """``init_training`` of ``spec``'s Init node, then kohya's ``init_train`` as far as it shows."""
     output_name = str(args["output_name"])
     output_dir = str(args["output_dir"])
     resolved = ctx.server.paths.resolve_server_path(output_dir)
     os.makedirs(resolved, exist_ok=True)
+    kohya_args = kohya_config(spec, args)
+    _write(os.path.join(resolved, f"{output_name}_args.json"), json.dumps(kohya_args, indent=4).encode())
+    workflow: dict[str, Any] = {}
+    extra = args.get("extra_pnginfo")
+    if extra is not None:
+        workflow.update(extra["workflow"])  # a KeyError or TypeError as in the node
+    _write(os.path.join(resolved, f"{output_name}_workflow.json"), json.dumps(workflow, indent=4).encode())
     dataset = args["dataset"]
     steps_per_pass = sum(
         math.ceil(d["_images"] * d["subsets"][0]["num_repeats"] / max(1, d["batch_size"]))
         for d in dataset["datasets"]
     )
-    if steps_per_pass <= 0:
+    if steps_per_pass <= 0:  # init_train returns early; the node then reads num_train_epochs
         raise SimulatedError(
-            "'FluxNetworkTrainer' object has no attribute 'num_train_epochs'", "AttributeError"
+            f"'{spec.trainer_class}' object has no attribute 'num_train_epochs'", "AttributeError"
         )
-    kohya_args = {
-        k: v
-        for k, v in args.items()
-        if k not in ("flux_models", "dataset", "optimizer_settings", "prompt", "extra_pnginfo", "resume_args")
-    }
-    kohya_args["output_name"] = f"{output_name}_rank{args['network_dim']}_{args['save_dtype']}"
-    kohya_args["pretrained_model_name_or_path"] = args["flux_models"]["transformer"]
-    lora_path = str(args["flux_models"].get("lora_path") or "")
-    if lora_path:
-        kohya_args["network_weights"] = lora_path
-    kohya_args["optimizer"] = args["optimizer_settings"]
-    resume_args = args.get("resume_args")
-    if resume_args and isinstance(resume_args, dict):  # applied last (N:597-601)
-        kohya_args.update(resume_args)
+    models = args[spec.models_input]
+    for key in spec.loads:  # load_target_model
+        _check_model_file(spec, str(models[key]))
+    lora_path = str(models.get("lora_path") or "")
     resume = str(kohya_args.get("resume") or "")
-    _write(os.path.join(resolved, f"{output_name}_args.json"), json.dumps(kohya_args, indent=4).encode())
-    extra = args.get("extra_pnginfo")
-    workflow = extra["workflow"] if isinstance(extra, dict) else args.get("prompt")
-    _write(os.path.join(resolved, f"{output_name}_workflow.json"), json.dumps(workflow, indent=4).encode())
-    for key in ("transformer", "vae", "clip_l", "t5"):
-        path = args["flux_models"][key]
-        if os.path.isfile(path) and os.path.getsize(path) < 8:
-            raise SimulatedError(
-                "Error while deserializing header: header too small",
-                "safetensors._safetensors_rust.SafetensorError",
-            )
     n = int(args["max_train_steps"])
     gradient_dtype = str(args.get("gradient_dtype", "fp32"))
     weights_steps: int | None = 0
@@ -368,9 +611,10 @@ async def init_lora(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
         output_path=resolved,
         max_train_steps=n,
         steps_per_pass=steps_per_pass,
-        sample_prompts=str(args["sample_prompts"]),
+        sample_prompts=list(kohya_args["sample_prompts"]),
         save_dtype=str(args["save_dtype"]),
         network_dim=int(args["network_dim"]),
+        spec=spec,
         gradient_dtype=gradient_dtype,
         base_lr=learning_rate,
         weights_from=lora_path or None,
@@ -391,13 +635,17 @@ async def init_lora(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
     return NodeOutput((trainer, math.ceil(n / steps_per_pass), kohya_args))
 
 
+init_lora = _init_node(FLUX_INIT)
+
+
 async def train_loop(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
     """``FluxTrainLoop.train``: relative target g + steps, guard g >= max_train_steps.
 
     Appends to the server's ``training_log`` (test-only) one entry per run, also when interrupted:
-    ``prompt_id``, ``node``, ``trainer`` (``<name>``), ``output_dir`` (resolved), ``g_from``/``g_to`` (the
-    relative step before and after), ``from_step``/``to_step`` (the same as LR schedule positions: S + g after a
-    first resume, so the steps trained are from_step + 1 .. to_step), ``resumed_from`` (S or None),
+    ``prompt_id``, ``node``, ``trainer`` (``<name>``), ``family`` (the Init's: ``flux``, ``sdxl`` or ``sd35``),
+    ``output_dir`` (resolved), ``g_from``/``g_to`` (the relative step before and after), ``from_step``/``to_step``
+    (the same as LR schedule positions: S + g after a first resume, so the steps trained are from_step + 1 ..
+    to_step), ``resumed_from`` (S or None),
     ``resume_path``, ``weights_from``, ``outcome`` (``completed``, ``interrupted``, ``cancelled`` by a restart,
     ``error``) and ``restarts`` (how many restarts preceded it)."""
     trainer: Trainer = args["network_trainer"]
@@ -435,6 +683,7 @@ async def train_loop(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
                 "prompt_id": ctx.prompt_id,
                 "node": ctx.node_id,
                 "trainer": trainer.name,
+                "family": trainer.spec.family,
                 "output_dir": trainer.output_path,
                 "g_from": g_from,
                 "g_to": trainer.global_step,
@@ -470,26 +719,63 @@ async def validation_settings(ctx: NodeContext, args: dict[str, Any]) -> NodeOut
     return NodeOutput((dict(args),))
 
 
-async def train_validate(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
-    trainer: Trainer = args["network_trainer"]
-    settings = args.get("validation_settings") or {}
-    width = max(64, int(settings.get("width", 512)) // 16 * 16)
-    height = max(64, int(settings.get("height", 512)) // 16 * 16)
-    seed = settings.get("seed")
-    pieces = trainer.sample_prompts.split("|") if "|" in trainer.sample_prompts else [trainer.sample_prompts]
-    prompts = [p.strip() for p in pieces if p.strip() and not p.strip().startswith("#")]
+def _prompt_dict(line: str) -> dict[str, Any]:
+    """The options of a prompt line kohya's samplers read without validation settings: ``--w``, ``--h``, ``--d``
+    (``line_to_prompt_dict``, train_util.py:5922-5974; the prompt is the text before the first `` --``)."""
+    found: dict[str, Any] = {}
+    for part in line.split(" --"):
+        for key, name in (("w", "width"), ("h", "height"), ("d", "seed")):
+            m = re.match(rf"{key} (\d+)", part, re.IGNORECASE)
+            if m and name not in found:
+                found[name] = int(m.group(1))
+    return found
+
+
+def _validate_node(class_type: str, arguments: int) -> NodeFunc:
+    """A validate node: it calls the trainer's ``sample_images`` with ``arguments`` positional arguments
+    (``FluxTrainValidate``: 3, nodes.py:1251-1268; ``SDXLTrainValidate``: 10, nodes_sdxl.py:426-451)."""
+
+    async def train_validate(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
+        trainer: Trainer = args["network_trainer"]
+        settings = args.get("validation_settings")
+        trainer.spec.kohya().sample_images(*([None] * (arguments - 1)), settings)  # the wrong family: TypeError
+        return NodeOutput((trainer, await _sample_images(ctx, trainer, settings)))
+
+    train_validate.__qualname__ = f"{class_type}.validate"
+    return train_validate
+
+
+async def _sample_images(ctx: NodeContext, trainer: Trainer, settings: dict[str, Any] | None) -> ImageBatch:
+    """The family's ``sample_images``: one PNG per prompt kept (stripped, not empty, not ``#``) under
+    ``<output_dir>/sample/``, named by the pass counter and the prompt's position among those kept."""
+    spec = trainer.spec
+    prompts = [line.strip() for line in trainer.sample_prompts]
+    prompts = [line for line in prompts if line and line[0] != "#"]
     sample_dir = os.path.join(trainer.output_path, "sample")
     os.makedirs(sample_dir, exist_ok=True)
-    ts = time.strftime("%Y%m%d%H%M%S", time.localtime())
-    seed_suffix = "" if seed is None else f"_{seed}"
     batch = ImageBatch()
-    for i, _prompt in enumerate(prompts):
+    for i, line in enumerate(prompts):
+        if settings is not None:
+            values = {key: settings[key] for key in spec.settings_keys}  # a missing key: KeyError, as there
+            width, height, seed = int(values["width"]), int(values["height"]), values["seed"]
+        else:
+            options = _prompt_dict(line)
+            width, height, seed = options.get("width", 512), options.get("height", 512), options.get("seed")
+        width = max(64, width - width % spec.size_multiple)
+        height = max(64, height - height % spec.size_multiple)
         await ctx.sleep(ctx.server.config["step_delay"])
         image = FakeImage(width, height, ((37 * i) % 256, 128, (trainer.global_step * 7) % 256))
+        ts = time.strftime("%Y%m%d%H%M%S", time.localtime())
+        seed_suffix = "" if seed is None else f"_{seed}"
         name = f"{trainer.name}_e{trainer.epoch:06d}_{i:02d}_{ts}{seed_suffix}.png"
         _write(os.path.join(sample_dir, name), image.png())
         batch.append(image)
-    return NodeOutput((trainer, batch))
+    if not batch:
+        raise SimulatedError("torch.cat(): expected a non-empty list of Tensors", "RuntimeError")
+    return batch
+
+
+train_validate = _validate_node("FluxTrainValidate", 3)
 
 
 async def train_end(ctx: NodeContext, args: dict[str, Any]) -> NodeOutput:
@@ -520,6 +806,14 @@ FLUX_NODES: dict[str, NodeFunc] = {
     "FluxTrainValidate": train_validate,
     "FluxTrainEnd": train_end,
     "FluxTrainResume": train_resume,
+    # nodes_sdxl.py:453-459 and nodes_sd3.py:458-462 (SD3TrainValidate is not registered: FluxTrainValidate)
+    "SDXLModelSelect": _model_select("SDXLModelSelect"),
+    "InitSDXLLoRATraining": _init_node(SDXL_INIT),
+    "SDXLTrainValidationSettings": validation_settings,
+    "SDXLTrainValidate": _validate_node("SDXLTrainValidate", 10),
+    "SD3ModelSelect": _model_select("SD3ModelSelect"),
+    "InitSD3LoRATraining": _init_node(SD3_INIT),
+    "SD3TrainValidationSettings": validation_settings,
 }
 
 # The FluxTrainer classes with an ``IS_CHANGED``.

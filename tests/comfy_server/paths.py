@@ -45,6 +45,10 @@ PLACEHOLDER_MODELS = (
     "models/vae/ae.safetensors",
     "models/clip/clip_l.safetensors",
     "models/clip/t5xxl_fp16.safetensors",
+    # not recorded: the base models of the bundled SDXL and SD 3.5 templates (workflows/*_headless.json)
+    "models/checkpoints/sd_xl_base_1.0.safetensors",
+    "models/checkpoints/sd3.5_large.safetensors",
+    "models/clip/clip_g.safetensors",
 )
 # A minimal well-formed safetensors file: 8-byte little-endian header length, then "{}" padded.
 FAKE_SAFETENSORS = (8).to_bytes(8, "little") + b"{}      "
