@@ -28,7 +28,7 @@ from lorawf.workflow.templates import bundled_template_path
 from tests.comfy_server.flux_nodes import read_fake_record
 from tests.comfy_server.paths import FAKE_SAFETENSORS
 from tests.comfy_server.plugin import ComfyServer
-from tests.comfy_server.png import make_png
+from tests.test_comfy_server_resume import error, ok, write_dataset
 
 OUT = "trainer_output"  # relative: resolves against the ComfyUI folder
 ALL = ["flux", "sdxl", "sd35"]
@@ -52,15 +52,6 @@ FAMILY_SETTINGS = {f: FAMILIES[f].validation_settings_class for f in ALL}
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-
-
-def write_dataset(server: ComfyServer, rel: str, count: int) -> str:
-    folder = server.root / rel
-    folder.mkdir(parents=True)
-    for i in range(count):
-        (folder / f"img{i}.png").write_bytes(make_png(8, 8, (i, 0, 0)))
-        (folder / f"img{i}.txt").write_text("acpt", encoding="utf-8")
-    return rel
 
 
 def template(family: str) -> dict[str, Any]:
@@ -132,25 +123,6 @@ def run(server: ComfyServer, prompt: dict[str, Any], timeout: float = 120.0, **e
             return entry
         assert time.monotonic() < deadline, f"{pid} did not finish"
         time.sleep(0.02)
-
-
-def message(entry: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for event, data in entry["status"]["messages"]:
-        if event == kind:
-            return dict(data)
-    return None
-
-
-def ok(entry: dict[str, Any]) -> dict[str, Any]:
-    assert entry["status"]["status_str"] == "success", message(entry, "execution_error")
-    return entry
-
-
-def error(entry: dict[str, Any]) -> dict[str, Any]:
-    assert entry["status"]["status_str"] == "error"
-    data = message(entry, "execution_error")
-    assert data is not None
-    return data
 
 
 def png_size(path: Path) -> tuple[int, int]:

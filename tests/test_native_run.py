@@ -4,10 +4,8 @@ training nodes (tests/comfy_server/native_nodes.py)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +17,7 @@ from lorawf.comfy.schema import bundled_schemas
 from lorawf.runs.sheet import collect_validation_images
 from lorawf.training.plan import plan_training
 from tests.comfy_server.flux_nodes import read_fake_record
-
-REPO = Path(__file__).resolve().parent.parent
-DATASET = REPO / "fixtures" / "datasets" / "ink_wash"
-CLI = [sys.executable, "-c", "from lorawf.cli import main; main()"]
-
-
-def lorawf(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAWF_")}
-    env.update({"LORAWF_POLL_INTERVAL": "0.3", "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": str(tmp / "cache")})
-    return subprocess.run([*CLI, *args], check=False, capture_output=True, text=True, timeout=300, env=env,
-                          cwd=tmp, stdin=subprocess.DEVNULL)
+from tests.test_runner import DATASET, lorawf
 
 
 def captioned(tmp: Path, images: int = 12) -> Path:

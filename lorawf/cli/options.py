@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from lorawf.training.families import FAMILIES, TRAINERS
 from lorawf.training.overrides import OVERRIDE_NAMES
 
 if TYPE_CHECKING:  # imported when a command runs, not for `lorawf --help`
@@ -135,9 +136,8 @@ def follow_from(*, wait: bool = True, download: Path | None = None, timeout: flo
     return FollowOptions(wait=wait, download=download, timeout=timeout, previews=previews)
 
 
-#: ``--model`` and ``--trainer`` choices (training/families.py says the same; tests/test_families.py checks).
-MODEL_CHOICES = ("flux", "sdxl", "sd35")
-TRAINER_CHOICES = ("fluxtrainer", "native")
+MODEL_CHOICES = tuple(FAMILIES)  # --model
+TRAINER_CHOICES = TRAINERS  # --trainer
 RUN_TRAINER_CHOICES = ("auto", *TRAINER_CHOICES)  # run: auto = what the server can run
 
 

@@ -13,7 +13,7 @@ progress for it, that is shown as well, and the run says which it was.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,7 @@ class SegmentsDone:
     """What the finished segments left: the LoRA name to continue from, every output, how progress came."""
 
     last_lora: str | None = None
-    files: list[OutputFile] | None = None
+    files: list[OutputFile] = field(default_factory=list)
     server_progress: bool = False
     result: RunResult | None = None
 
@@ -185,10 +185,9 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
     from lorawf.fsutil import atomic_write_text
     from lorawf.net.http import ComfyClient
     from lorawf.net.schema_cache import load_server_schemas
-    from lorawf.runs.pipeline import check_request, dataset_upload
+    from lorawf.runs.pipeline import dataset_upload, request_dataset
     from lorawf.runs.record import RunRecord, Timings, write_record
     from lorawf.timefmt import utc_now
-    from lorawf.training.dataset import scan_dataset
     from lorawf.training.naming import unique_run_name
     from lorawf.training.plan import plan_training
     from lorawf.workflow.native import NativeRun, segment_workflow
@@ -203,15 +202,7 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
         raise UsageError("--resumable with --trainer native: every native checkpoint already continues from the "
                          "last one's file; drop --resumable")
     token = validate_token(request.token)
-    scan = None
-    if request.images is not None:
-        images = request.images
-    elif request.dataset is not None:
-        scan = scan_dataset(request.dataset)
-        images = scan.image_count
-    else:
-        raise UsageError("give a DATASET folder or --images N")
-    check_request(request)
+    images, scan = request_dataset(request)
     plan = plan_training(images, request.overrides, model=request.model or "flux", trainer="native")
     warnings = check_captions(scan, token) if scan is not None else []
     prompts = bundled_prompts(plan.model, token)
@@ -283,7 +274,7 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
         assert done.result is not None
         from lorawf.runs.engine import done_event
 
-        reporter(done_event(done.result.prompt_id, replace(done.result, files=done.files or []), None, settings))
+        reporter(done_event(done.result.prompt_id, replace(done.result, files=done.files), None, settings))
     return run_dir
 
 
@@ -393,8 +384,7 @@ async def _segments(client: ComfyClient, run: NativeRun, plan: TrainingPlan, sch
     from lorawf.net.prompts import submit_and_wait
     from lorawf.workflow.native import saved_name, segment_bounds, segment_workflow
 
-    done = SegmentsDone(files=[])
-    assert done.files is not None
+    done = SegmentsDone()
     count = len(plan.checkpoint_steps)
     output_dir = f"loras/lorawf/{run.name}"
     for index in range(count):

@@ -193,21 +193,12 @@ async def _run(settings: ServerSettings, request: RunRequest, reporter: Reporter
     from lorawf.runs.record import RunRecord, Timings, write_record
     from lorawf.runs.sheet import prompts_from_workflow
     from lorawf.timefmt import utc_now
-    from lorawf.training.dataset import scan_dataset
     from lorawf.training.naming import unique_run_name
     from lorawf.workflow.build import build_workflow
 
     created = utc_now()
     # 1. everything that can be checked offline: the dataset (or its size), the options, the name
-    scan = None
-    if request.images is not None:
-        images = request.images
-    elif request.dataset is not None:
-        scan = scan_dataset(request.dataset)
-        images = scan.image_count
-    else:
-        raise UsageError("give a DATASET folder or --images N")
-    check_request(request)
+    images, scan = request_dataset(request)
     placeholder = request.name or unique_run_name(request.token, images, created, lambda n: False)
     build_workflow(images, _patch_options(request, "/dataset", "/output", placeholder), request.overrides,
                    request.template, model=request.model)  # token, overrides, --set and template problems surface here
@@ -296,6 +287,22 @@ def check_request(request: RunRequest) -> None:
         raise UsageError("say where the images are on the GPU host: --upload, or --server-dataset-path PATH")
     if request.name is not None:
         check_run_name(request.name)
+
+
+def request_dataset(request: RunRequest) -> tuple[int, DatasetScan | None]:
+    """The image count (scanning the local DATASET, unless --images stands in), then :func:`check_request`."""
+    from lorawf.training.dataset import scan_dataset
+
+    scan = None
+    if request.images is not None:
+        images = request.images
+    elif request.dataset is not None:
+        scan = scan_dataset(request.dataset)
+        images = scan.image_count
+    else:
+        raise UsageError("give a DATASET folder or --images N")
+    check_request(request)
+    return images, scan
 
 
 def dataset_upload(token: str, scan: DatasetScan) -> tuple[list[UploadFile], str]:

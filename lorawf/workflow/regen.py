@@ -11,6 +11,7 @@ from typing import Any
 
 from lorawf.errors import InputError, LorawfError
 from lorawf.printable import printable
+from lorawf.training.families import FAMILIES
 from lorawf.training.overrides import OVERRIDE_NAMES
 
 if sys.version_info >= (3, 11):
@@ -22,7 +23,6 @@ PRESET_KEYS = {
     "name", "output", "template", "model", "images", "token", "server_dataset_path", "checkpoint_dir",
     "output_name", "set", *(o.name for o in OVERRIDE_NAMES),
 }
-MODELS = ("flux", "sdxl", "sd35")  # training/families.py FAMILIES (tests/test_families.py checks they agree)
 TOP_LEVEL_KEYS = ("defaults", "preset")
 _TEXT_KEYS = {"name": True, "output": True, "template": True,  # key -> must not be empty
               "token": False, "server_dataset_path": False, "checkpoint_dir": False, "output_name": False}
@@ -122,7 +122,7 @@ def _value_problem(key: str, value: Any) -> str | None:
             return "expected a string"
         return "expected a non-empty string" if _TEXT_KEYS[key] and not value.strip() else None
     if key == "model":
-        return None if value in MODELS else f"expected one of {', '.join(repr(m) for m in MODELS)}"
+        return None if value in FAMILIES else f"expected one of {', '.join(repr(m) for m in FAMILIES)}"
     if key == "set":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             return 'expected a list of "NODE.input=VALUE" strings, e.g. set = ["106.steps=12"]'
